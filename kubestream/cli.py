@@ -1,0 +1,181 @@
+"""`kubestream` command line: launcher, watcher, status, cluster, kubelet, settings.
+
+The same verbs are reachable as ``airflow kubestream ...`` through the
+executor's ``get_cli_commands()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kubestream.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"kubestream: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _check(component: str, settings: Settings) -> int:
+    from kubestream import health
+    from kubestream.keys import Keys
+    from kubestream.redisconn import connect
+
+    member = settings.consumer_name or f"{socket.gethostname()}-"
+    pattern = Keys(settings.key_prefix).health(component, member) + ("*" if member.endswith("-") else "")
+    fresh = health.check(connect(settings), pattern, settings.health_ttl_seconds)
+    print("\n".join(fresh) or f"no fresh {component} health key matching {pattern}")
+    return 0 if fresh else 1
+
+
+def cmd_launcher(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.check:
+        return _check("launcher", settings)
+    from kubestream import logs
+    from kubestream.health import serve_http
+    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.redisconn import connect
+    from kubestream.workers.launcher import Launcher
+
+    logs.configure(args.log_level)
+    launcher = Launcher(settings, connect(settings),
+                        api_client(settings.kube_config, settings.kube_context, pool_size=settings.launch_concurrency))
+    _on_signals(launcher.stop)
+    if settings.metrics_port:
+        serve_http(settings.metrics_port, launcher.metrics, launcher.heartbeat.healthy)
+    launcher.run(until_idle=args.until_idle)
+    return 0
+
+
+def cmd_watcher(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.check:
+        return _check("watcher", settings)
+    from kubestream import logs
+    from kubestream.health import serve_http
+    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.redisconn import connect
+    from kubestream.watcher.watcher import Watcher
+
+    logs.configure(args.log_level)
+    watcher = Watcher(settings, connect(settings), api_client(settings.kube_config, settings.kube_context))
+    _on_signals(watcher.stop)
+    if settings.metrics_port:
+        serve_http(settings.metrics_port, watcher.metrics, watcher.heartbeat.healthy)
+    watcher.run()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kubestream.redisconn import connect
+    from kubestream.status import collect, render
+
+    settings = _settings()
+    report = collect(connect(settings), settings)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from kubestream.localcluster.cluster import LocalCluster, provision
+
+    local = LocalCluster(args.dir)
+    if args.action == "provision":
+        print(provision())
+    elif args.action == "up":
+        state = local.up(tuple(args.namespace or ()))
+        print(f"kube-apiserver: {state.host}\nkubeconfig (admin): {state.kubeconfig('admin')}")
+        for identity in ("launcher", "watcher", "kubelet", "executor"):
+            print(f"kubeconfig ({identity}): {state.kubeconfig(identity)}")
+    elif args.action == "down":
+        local.down()
+        print("local cluster stopped")
+    elif args.action == "restart-apiserver":
+        print(f"kube-apiserver restarted: {local.restart_apiserver().host}")
+    else:
+        state = local.running()
+        print(json.dumps(vars(state), indent=2) if state else "not running")
+        return 0 if state else 1
+    return 0
+
+
+def cmd_kubelet(args: argparse.Namespace) -> int:
+    from kubestream import logs
+    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.localcluster.kubelet import SimKubelet
+
+    logs.configure(args.log_level)
+    kubelet = SimKubelet(api_client(args.kubeconfig), node_name=args.node_name, mode=args.mode,
+                         default_rule=args.default_rule)
+    kubelet.run_forever()
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from kubestream.settings import markdown_table
+
+    if args.markdown:
+        print(markdown_table())
+    else:
+        print(json.dumps({k: v for k, v in vars(_settings()).items()}, indent=2, default=list))
+    return 0
+
+
+def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="kubestream: Airflow tasks as Kubernetes pods via Redis Streams")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, helptext in (("launcher", cmd_launcher, "create pods from the launch streams"),
+                                 ("watcher", cmd_watcher, "publish pod state changes to the result streams")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--check", action="store_true", help="exit 0 if a local process of this kind is healthy")
+        p.add_argument("--log-level", default=os.environ.get("KUBESTREAM_LOG_LEVEL", "INFO"))
+        if name == "launcher":
+            p.add_argument("--until-idle", action="store_true", help="exit once no launch is pending (burst mode)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("status", help="streams, lag, pending, dead letters, watcher lease")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("cluster", help="a local kube-apiserver + etcd for tests and the demo")
+    p.add_argument("action", choices=["provision", "up", "down", "status", "restart-apiserver"])
+    p.add_argument("--dir", default=None, help="state directory (default: $KUBESTREAM_CLUSTER_DIR or /tmp)")
+    p.add_argument("--namespace", action="append", help="extra namespace to create (repeatable)")
+    p.set_defaults(func=cmd_cluster)
+    p = sub.add_parser("kubelet", help="the simulated kubelet for the local cluster")
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--node-name", default="kubestream-node")
+    p.add_argument("--mode", choices=["rules", "process"], default="rules")
+    p.add_argument("--default-rule", default="succeed")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_kubelet)
+    p = sub.add_parser("settings", help="print the effective settings, or the README table")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""`airflow kubestream ...`: the kubestream CLI verbs as an Airflow CLI group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _run(argv_prefix: list[str]) -> Any:
+    def func(args: Any) -> None:
+        from kubestream.cli import main
+
+        argv = list(argv_prefix)
+        if getattr(args, "check", False):
+            argv.append("--check")
+        if getattr(args, "json", False):
+            argv.append("--json")
+        raise SystemExit(main(argv))
+
+    return func
+
+
+def cli_commands() -> list[Any]:
+    from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand
+
+    check = Arg(("--check",), help="exit 0 if a local process of this kind is healthy", action="store_true")
+    as_json = Arg(("--json",), help="machine-readable output", action="store_true")
+    return [GroupCommand(
+        name="kubestream",
+        help="kubestream launchers, watcher and status",
+        subcommands=(
+            ActionCommand(name="launcher", help="create pods from the launch streams", func=_run(["launcher"]),
+                          args=(check,)),
+            ActionCommand(name="watcher", help="publish pod state changes to the result streams",
+                          func=_run(["watcher"]), args=(check,)),
+            ActionCommand(name="status", help="streams, lag, pending, dead letters, watcher lease",
+                          func=_run(["status"]), args=(as_json,)),
+        ),
+    )]

@@ -1,0 +1,76 @@
+"""Turn Airflow workloads into LaunchTask messages (airflow-aware, no I/O but template files)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubestream.messages import LaunchTask
+from kubestream.taskkey import TaskKey
+
+
+class ExecutorConfigError(ValueError):
+    """The task's executor_config cannot be shipped (the task fails with this reason)."""
+
+
+def task_key(ti_key: Any) -> TaskKey:
+    """kubestream's key for an Airflow TaskInstanceKey (kept behind one helper for Airflow 3.4)."""
+    return TaskKey(ti_key.dag_id, ti_key.task_id, ti_key.run_id, int(ti_key.try_number), int(ti_key.map_index))
+
+
+def airflow_key(key: TaskKey) -> Any:
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    return TaskInstanceKey(key.dag_id, key.task_id, key.run_id, key.try_number, key.map_index)
+
+
+def pod_to_dict(pod: Any) -> dict[str, Any]:
+    """A V1Pod (or a dict already in API form) as an API JSON dict."""
+    if isinstance(pod, dict):
+        return pod
+    to_dict = getattr(pod, "to_dict", None)
+    if to_dict is None:
+        raise ExecutorConfigError(f"pod_override must be a kubernetes.client.models.V1Pod, got {type(pod).__name__}")
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+def executor_config_parts(executor_config: dict[str, Any] | None) -> tuple[dict | None, dict | None]:
+    """(pod_override, pod_template) from a KubernetesExecutor-style executor_config."""
+    if not executor_config:
+        return None, None
+    if not isinstance(executor_config, dict):
+        raise ExecutorConfigError(f"executor_config must be a dict, got {type(executor_config).__name__}")
+    if executor_config.get("KubernetesExecutor"):
+        raise ExecutorConfigError("the legacy executor_config={'KubernetesExecutor': {...}} form is not supported; "
+                                  "use {'pod_override': V1Pod(...)}")
+    override = executor_config.get("pod_override")
+    template = None
+    if path := executor_config.get("pod_template_file"):
+        try:
+            template = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ExecutorConfigError(f"cannot read pod_template_file {path!r}: {exc}") from None
+        if not isinstance(template, dict):
+            raise ExecutorConfigError(f"pod_template_file {path!r} does not hold a pod mapping")
+    return (pod_to_dict(override) if override is not None else None), template
+
+
+def launch_message(workload: Any, scheduler_id: str) -> LaunchTask:
+    """The LaunchTask for one ExecuteTask workload."""
+    ti = workload.ti
+    override, template = executor_config_parts(ti.executor_config)
+    return LaunchTask(
+        key=task_key(ti.key),
+        queue=ti.queue or "default",
+        scheduler_id=scheduler_id,
+        workload_json=workload.model_dump_json(),
+        external_executor_id=ti.external_executor_id or "",
+        pod_override=override,
+        pod_template=template,
+        queued_at=time.time(),
+    )

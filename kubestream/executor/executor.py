@@ -1,0 +1,195 @@
+"""KubeStreamExecutor: the scheduler's side of kubestream.
+
+The scheduler never talks to Kubernetes. ``_process_workloads`` writes task
+records and launch messages for a whole batch in one MULTI/EXEC round trip;
+``sync`` reads this scheduler's result stream without blocking, applies the
+events and acknowledges them only after they are in the event buffer.
+Adoption rewrites task ownership in Redis (no pod is touched).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from airflow.executors.base_executor import PARALLELISM, BaseExecutor
+
+from kubestream.executor import results
+from kubestream.executor.dispatch import ExecutorConfigError, launch_message, task_key
+from kubestream.keys import RESULTS_GROUP, Keys
+from kubestream.messages import FIELD, RevokeTask, encode
+from kubestream.redisconn import connect
+from kubestream.settings import AIRFLOW_SECTION, Settings
+from kubestream.store import TaskStore
+
+
+class KubeStreamExecutor(BaseExecutor):
+    """Runs each task as a Kubernetes pod through Redis Streams (see the kubestream README)."""
+
+    pre_assigns_external_executor_id = True
+    supports_ad_hoc_ti_run = True
+    serve_logs = False
+
+    def __init__(self, parallelism: int = PARALLELISM, team_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(parallelism=parallelism, team_name=team_name, **kwargs)
+        # cheap and side-effect free: the API server builds executors it never starts
+        self.settings: Settings | None = None
+        self.redis: redis.Redis | None = None
+        self.store: TaskStore | None = None
+        self.keys: Keys | None = None
+        self.scheduler_id = ""
+        self._cursor = "0"  # first our own pending results (a restart), then new ones
+        self._external_ids: dict[Any, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def load_settings(self) -> Settings:
+        section = self.conf.getsection(AIRFLOW_SECTION) or {}
+        return Settings.from_mapping({k: str(v) for k, v in section.items()}, source=AIRFLOW_SECTION)
+
+    def start(self) -> None:
+        self.settings = self.load_settings()
+        self.keys = Keys(self.settings.key_prefix)
+        self.scheduler_id = self.settings.scheduler_id or (
+            f"job-{self.job_id}" if getattr(self, "job_id", None) else socket.gethostname())
+        self.redis = connect(self.settings, role="executor")
+        self.store = TaskStore(self.redis, self.keys, self.settings)
+        try:
+            self.redis.xgroup_create(self.results_stream, RESULTS_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self.log.info("kubestream executor started: scheduler_id=%s results=%s", self.scheduler_id, self.results_stream)
+
+    @property
+    def results_stream(self) -> str:
+        assert self.keys is not None, "start() first"
+        return self.keys.results(self.scheduler_id)
+
+    def end(self) -> None:
+        """Apply what results are waiting, then disconnect; running pods keep running."""
+        if self.redis is None:
+            return
+        for _ in range(100):
+            if not self.sync():
+                break
+        self.redis.close()
+
+    def terminate(self) -> None:
+        if self.redis is not None:
+            self.redis.close()
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _process_workloads(self, workloads: Sequence[Any]) -> None:
+        from airflow.executors.workloads import ExecuteTask
+
+        assert self.redis is not None and self.store is not None and self.keys is not None and self.settings
+        launches = []
+        for w in workloads:
+            if not isinstance(w, ExecuteTask):
+                raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
+            try:
+                launches.append((w.ti.key, launch_message(w, self.scheduler_id)))
+            except ExecutorConfigError as exc:
+                self.log.error("invalid executor_config for %s: %s", w.ti.key, exc)
+                del self.queued_tasks[w.ti.key]
+                self.fail(w.ti.key, info=f"invalid executor_config: {exc}")
+        if not launches:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for _, msg in launches:
+            record = self.keys.task(msg.pod_name)
+            pipe.hset(record, mapping=self.store.record_fields(
+                msg.key, self.scheduler_id, msg.queue, self.settings.namespace_for_queue(msg.queue)))
+            pipe.expire(record, self.settings.task_ttl_seconds)
+            pipe.xadd(self.keys.launch(msg.queue), {FIELD: encode(msg)})
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            # nothing was written (MULTI/EXEC): the workloads stay queued and go again next heartbeat
+            self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
+            return
+        for ti_key, msg in launches:
+            del self.queued_tasks[ti_key]
+            self.running.add(ti_key)
+            if msg.external_executor_id:
+                self._external_ids[ti_key] = msg.external_executor_id
+
+    # -- results --------------------------------------------------------------------------------
+    def sync(self) -> int:
+        """Apply up to ``sync_batch`` waiting results without blocking; returns how many."""
+        if self.redis is None or self.settings is None:
+            return 0
+        try:
+            reply = self.redis.xreadgroup(RESULTS_GROUP, self.scheduler_id, {self.results_stream: self._cursor},
+                                          count=self.settings.sync_batch)
+        except redis.RedisError as exc:
+            self.log.warning("Redis unavailable in sync(), results wait in %s: %s", self.results_stream, exc)
+            return 0
+        entries = [(eid, fields) for _, batch in reply or [] for eid, fields in batch]
+        if not entries and self._cursor == "0":
+            self._cursor = ">"  # our pending backlog is applied: read new entries from now on
+            return self.sync()
+        if not entries:
+            return 0
+        events, bad = results.decode_entries(entries)
+        for eid, reason in bad:
+            self.log.error("dropping undecodable result %s: %s", eid, reason)
+        results.apply(self, events)
+        try:
+            self.redis.xack(self.results_stream, RESULTS_GROUP, *[eid for eid, _ in entries])
+        except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
+            self.log.warning("could not acknowledge %d results: %s", len(entries), exc)
+        return len(entries)
+
+    def external_id(self, ti_key: Any) -> str | None:
+        return self._external_ids.get(ti_key)
+
+    # -- adoption and revoke ------------------------------------------------------------------
+    def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+        assert self.store is not None
+        if not tis:
+            return []
+        started = time.monotonic()
+        try:
+            last = self.store.adopt([task_key(ti.key).pod_name() for ti in tis], self.scheduler_id)
+        except redis.RedisError as exc:
+            self.log.warning("Redis unavailable, adopting nothing now: %s", exc)
+            return list(tis)
+        not_adopted, adopted = [], []
+        for ti, state in zip(tis, last):
+            if state is None:
+                not_adopted.append(ti)
+                continue
+            self.running.add(ti.key)
+            if ti.external_executor_id:
+                self._external_ids[ti.key] = ti.external_executor_id
+            adopted.append((task_key(ti.key), state))
+        results.apply_adopted(self, adopted)
+        self.log.info("adopted %d task instances in %.1f ms, %d not adoptable", len(adopted),
+                      (time.monotonic() - started) * 1000, len(not_adopted))
+        return not_adopted
+
+    def revoke_task(self, *, ti: Any) -> None:
+        """Record the revoke (level-triggered) and tell the launchers; never raises."""
+        key = task_key(ti.key)
+        self.queued_tasks.pop(ti.key, None)
+        self.running.discard(ti.key)
+        self._external_ids.pop(ti.key, None)
+        if self.store is None or self.keys is None:
+            return
+        queue = ti.queue or "default"
+        try:
+            self.store.revoke([key.pod_name()])
+            self.redis.xadd(self.keys.launch(queue), {FIELD: encode(RevokeTask(key=key, queue=queue,
+                                                                             reason="revoked by scheduler"))})
+        except redis.RedisError as exc:
+            self.log.warning("could not record revoke of %s: %s", ti.key, exc)
+
+    @staticmethod
+    def get_cli_commands() -> list[Any]:
+        from kubestream.executor.cli import cli_commands
+
+        return cli_commands()

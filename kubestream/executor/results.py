@@ -1,0 +1,107 @@
+"""Apply TaskStateChanged events to the executor (the body of sync()).
+
+Rules (docs/architecture.md, "state mapping"):
+- an event for an older try of a task instance this executor runs is ignored;
+- PENDING changes nothing in Airflow; RUNNING sets the task running (with its
+  external executor id, when this executor knows it);
+- FAILED fails the task with the reason as info;
+- SUCCEEDED means the pod's process exited 0, which the workload does even
+  when the task failed: the executor reports the state the task wrote to the
+  Airflow DB (one query per sync for all such events), as the
+  KubernetesExecutor does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kubestream.executor.dispatch import airflow_key
+from kubestream.messages import FIELD, DecodeError, TaskState, TaskStateChanged, decode
+from kubestream.taskkey import TaskKey
+
+_FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed", "skipped",
+                    "removed", "deferred"}
+
+
+def decode_entries(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[TaskStateChanged], list[tuple[bytes, str]]]:
+    events, bad = [], []
+    for eid, fields in entries:
+        try:
+            msg = decode((fields or {}).get(FIELD, b""))
+        except DecodeError as exc:
+            bad.append((eid, str(exc)))
+            continue
+        if isinstance(msg, TaskStateChanged):
+            events.append(msg)
+        else:
+            bad.append((eid, f"unexpected {type(msg).__name__} on a result stream"))
+    return events, bad
+
+
+def _newest_tries(running: Iterable[Any]) -> dict[tuple[str, str, str, int], int]:
+    newest: dict[tuple[str, str, str, int], int] = {}
+    for k in running:
+        instance = (k.dag_id, k.task_id, k.run_id, k.map_index)
+        newest[instance] = max(newest.get(instance, 0), k.try_number)
+    return newest
+
+
+def apply(executor: Any, events: Sequence[TaskStateChanged]) -> None:
+    succeeded: list[TaskKey] = []
+    newest = _newest_tries(executor.running)
+    for event in events:
+        k = event.key
+        if newest.get((k.dag_id, k.task_id, k.run_id, k.map_index), 0) > k.try_number:
+            executor.log.info("ignoring %s for an older try: %s", event.state.value, event.key)
+            continue
+        ti_key = airflow_key(event.key)
+        if event.state is TaskState.RUNNING:
+            ext = executor.external_id(ti_key)
+            if ext:
+                executor.running_state(ti_key, info=ext)
+        elif event.state is TaskState.FAILED:
+            executor.log.info("task failed: %s: %s (pod %s)", event.key, event.reason, event.pod_name)
+            executor.fail(ti_key, info=event.reason or None)
+        elif event.state is TaskState.SUCCEEDED:
+            succeeded.append(event.key)
+    if succeeded:
+        report_db_states(executor, succeeded)
+
+
+def apply_adopted(executor: Any, adopted: Sequence[tuple[TaskKey, tuple[str, str]]]) -> None:
+    """Report what adoption learned: the last state published for each adopted task."""
+    events = [TaskStateChanged(key=key, state=TaskState(state), reason=reason)
+              for key, (state, reason) in adopted if state in {s.value for s in TaskState}]
+    apply(executor, events)
+
+
+def report_db_states(executor: Any, keys: Sequence[TaskKey]) -> None:
+    """Pods that ended well: report the state each task wrote to the Airflow DB."""
+    states = db_states(keys)
+    for key in keys:
+        ti_key = airflow_key(key)
+        state = states.get(key)
+        if state in _FINAL_DB_STATES:
+            executor.change_state(ti_key, state, None)
+        else:
+            executor.fail(ti_key, info=f"pod succeeded but the task's state is {state or 'unknown'}")
+
+
+def db_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    wanted = [airflow_key(k) for k in keys]
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.dag_id, TaskInstance.task_id, TaskInstance.run_id, TaskInstance.map_index,
+                   TaskInstance.try_number, TaskInstance.state).where(TaskInstance.filter_for_tis(wanted))
+        ).all()
+    found = {(r.dag_id, r.task_id, r.run_id, r.map_index): (r.try_number, r.state) for r in rows}
+    out: dict[TaskKey, str | None] = {}
+    for key in keys:
+        try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), (None, None))
+        out[key] = str(state.value if hasattr(state, "value") else state) if state and try_number == key.try_number else None
+    return out

@@ -1,0 +1,84 @@
+"""Every Redis key kubestream uses, built from one validated prefix.
+
+The prefix is wrapped in braces (``{kubestream}:...``) so that all keys hash
+to one Redis Cluster slot: Lua scripts touch several of them at once.
+The key table in docs/redis.md documents each one; keep them in sync.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
+
+LAUNCH_GROUP = "launchers"
+RESULTS_GROUP = "executor"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "kubestream"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(f"invalid key prefix {self.prefix!r}: expected 1-32 chars of [A-Za-z0-9_.:-]")
+
+    @property
+    def base(self) -> str:
+        return "{" + self.prefix + "}"
+
+    def launch(self, queue: str) -> str:
+        """Stream of LaunchTask/RevokeTask commands for one Airflow queue."""
+        return f"{self.base}:launch:{queue}"
+
+    def results(self, scheduler_id: str) -> str:
+        """Stream of TaskStateChanged events for one scheduler."""
+        return f"{self.base}:results:{scheduler_id}"
+
+    @property
+    def results_pattern(self) -> str:
+        return f"{self.base}:results:*"
+
+    @property
+    def launch_pattern(self) -> str:
+        return f"{self.base}:launch:*"
+
+    @property
+    def dead(self) -> str:
+        """Dead-letter stream: messages that could not be handled, with a reason."""
+        return f"{self.base}:dead"
+
+    def task(self, pod_name: str) -> str:
+        """Hash per task try: owner, key fields, queue, namespace, last state, revoked."""
+        return f"{self.base}:task:{pod_name}"
+
+    def task_prefix(self) -> str:
+        return f"{self.base}:task:"
+
+    @property
+    def live(self) -> str:
+        """Set of "<namespace>/<pod>" whose last published state is pending or running."""
+        return f"{self.base}:live"
+
+    def resource_version(self, namespace: str) -> str:
+        """The watcher's checkpointed resourceVersion for one namespace."""
+        return f"{self.base}:watcher:rv:{namespace}"
+
+    @property
+    def watcher_lease(self) -> str:
+        """Holder name of the active watcher (SET NX PX)."""
+        return f"{self.base}:watcher:lease"
+
+    @property
+    def rate_limit(self) -> str:
+        """Token bucket shared by all launchers (hash: tokens, ts)."""
+        return f"{self.base}:ratelimit:create"
+
+    def health(self, component: str, member: str) -> str:
+        """Health record of one process (hash with TTL)."""
+        return f"{self.base}:health:{component}:{member}"
+
+    @property
+    def health_pattern(self) -> str:
+        return f"{self.base}:health:*"

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Provision what the local cluster needs on a Debian machine:
+#   - Debian packages: etcd-server, redis-server, golang-go, rsync, jq, build tools
+#   - kube-apiserver, built once from Debian's `kubernetes` source package and
+#     cached outside the repository, keyed by the Debian source version.
+# Prints the path of the cached kube-apiserver binary on its last line.
+# Idempotent: a second run with everything present installs and builds nothing.
+set -euo pipefail
+
+CACHE_ROOT="${KUBESTREAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubestream}"
+log() { printf 'kubestream-provision: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "$1 is missing and installing it needs root (apt-get); run as root or install it yourself"
+  command -v apt-get >/dev/null || die "$1 is missing and this machine has no apt-get; install it yourself"
+}
+
+apt_updated=""
+apt_install() {
+  # apt_install <binary-to-check>=<package> ...
+  local missing=()
+  for pair in "$@"; do
+    local bin="${pair%%=*}" pkg="${pair#*=}"
+    if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "$bin" ]; then missing+=("$pkg"); fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  need_root "${missing[*]}"
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    apt-get update -qq >&2 || die "apt-get update failed"
+    apt_updated=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+ensure_deb_src() {
+  # apt-get source needs a deb-src entry: derive it from the machine's own sources.
+  if grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+    return 0
+  fi
+  need_root "a deb-src apt entry"
+  local src=/etc/apt/sources.list.d/debian.sources
+  [ -f "$src" ] || die "no $src to derive a deb-src entry from; add a deb-src line for 'kubernetes' yourself"
+  log "adding deb-src entries derived from $src"
+  sed -E 's/^Types:.*/Types: deb-src/' "$src" > /etc/apt/sources.list.d/kubestream-deb-src.sources
+  apt-get update -qq >&2 || die "apt-get update (deb-src) failed"
+  apt_updated=1
+}
+
+apt_install etcd=etcd-server redis-server=redis-server rsync=rsync jq=jq openssl=openssl make=make
+
+if [ -n "${KUBESTREAM_APISERVER_BIN:-}" ]; then
+  [ -x "$KUBESTREAM_APISERVER_BIN" ] || die "KUBESTREAM_APISERVER_BIN=$KUBESTREAM_APISERVER_BIN is not executable"
+  echo "$KUBESTREAM_APISERVER_BIN"; exit 0
+fi
+
+# Fast path: a cached build for the version apt would give us.
+ensure_deb_src
+version=$(apt-cache showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; exit}')
+[ -n "$version" ] || die "apt-cache showsrc kubernetes found no source package"
+bin="$CACHE_ROOT/kube-apiserver-$version/kube-apiserver"
+if [ -x "$bin" ]; then
+  log "cached kube-apiserver $version at $bin"
+  echo "$bin"; exit 0
+fi
+
+apt_install go=golang-go gcc=gcc dpkg-source=dpkg-dev
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/build.lock"
+flock 9
+[ -x "$bin" ] && { echo "$bin"; exit 0; }   # built by a concurrent run
+
+work=$(mktemp -d "$CACHE_ROOT/build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log "building kube-apiserver from Debian source kubernetes $version (about 7 minutes on 2 cores)"
+( cd "$work" && apt-get source --download-only -qq kubernetes >&2 ) || die "apt-get source kubernetes failed"
+orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n1)
+mkdir "$work/src"
+tar -xf "$orig" -C "$work/src" --strip-components=1
+mkdir -p "$work/home"
+( cd "$work/src" && HOME="$work/home" GOFLAGS= make WHAT=cmd/kube-apiserver >&2 ) || die "kube-apiserver build failed"
+mkdir -p "$(dirname "$bin")"
+cp "$work/src/_output/bin/kube-apiserver" "$bin.tmp"
+mv "$bin.tmp" "$bin"
+log "built $("$bin" --version)"
+echo "$bin"

@@ -1,0 +1,183 @@
+"""Messages on kubestream's streams: frozen, versioned, msgpack-encoded.
+
+Commands are imperative (``LaunchTask``, ``RevokeTask``: executor -> launchers),
+events past tense (``TaskStateChanged``: launchers/watcher -> executor).
+Every stream entry has one field, ``m``, holding ``encode(message)``.
+
+Any decoding failure (not msgpack, wrong shape, unknown type, unknown schema
+version, wrong field types) raises ``DecodeError``; whatever part of the key
+could be read is attached so the consumer can still fail the right task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+from kubestream.taskkey import TaskKey
+
+SCHEMA_VERSION = 1
+FIELD = b"m"
+
+
+class DecodeError(ValueError):
+    """A stream entry that cannot be turned into a message."""
+
+    def __init__(self, reason: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.partial = partial or {}
+
+    def key(self) -> TaskKey | None:
+        """The task key, when the undecodable entry still carried a valid one."""
+        try:
+            return _key_from(self.partial)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class TaskState(str, Enum):
+    """What the watcher knows of a task's pod (not yet Airflow's TaskInstanceState)."""
+
+    PENDING = "pending"  # pod exists, not running yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # pod ended well: the task's own result is in the Airflow DB
+    FAILED = "failed"  # the pod or its launch failed: the task failed
+
+    @property
+    def final(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchTask:
+    """Create the pod for one task try."""
+
+    key: TaskKey
+    queue: str
+    scheduler_id: str
+    workload_json: str
+    external_executor_id: str = ""
+    pod_override: dict[str, Any] | None = None  # V1Pod as API JSON (camelCase)
+    pod_template: dict[str, Any] | None = None  # executor_config pod_template_file, loaded
+    queued_at: float = 0.0
+    type: str = field(default="launch", init=False)
+
+    @property
+    def pod_name(self) -> str:
+        return self.key.pod_name()
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeTask:
+    """Make sure no pod runs for this task try."""
+
+    key: TaskKey
+    queue: str
+    reason: str = ""
+    type: str = field(default="revoke", init=False)
+
+    @property
+    def pod_name(self) -> str:
+        return self.key.pod_name()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStateChanged:
+    """A task's pod reached a new state."""
+
+    key: TaskKey
+    state: TaskState
+    reason: str = ""
+    pod_name: str = ""
+    namespace: str = ""
+    at: float = 0.0
+    type: str = field(default="state", init=False)
+
+
+Message = LaunchTask | RevokeTask | TaskStateChanged
+_TYPES: dict[str, type] = {"launch": LaunchTask, "revoke": RevokeTask, "state": TaskStateChanged}
+
+
+def _key_to(key: TaskKey) -> list[Any]:
+    return [key.dag_id, key.task_id, key.run_id, key.try_number, key.map_index]
+
+
+def _key_from(data: dict[str, Any]) -> TaskKey:
+    dag_id, task_id, run_id, try_number, map_index = data["key"]
+    for s in (dag_id, task_id, run_id):
+        if not isinstance(s, str) or not s:
+            raise TypeError("key strings must be non-empty")
+    if not isinstance(try_number, int) or not isinstance(map_index, int) or isinstance(try_number, bool):
+        raise TypeError("key numbers must be integers")
+    return TaskKey(dag_id, task_id, run_id, try_number, map_index)
+
+
+def encode(message: Message) -> bytes:
+    data: dict[str, Any] = {"v": SCHEMA_VERSION}
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        if f.name == "key":
+            value = _key_to(value)
+        elif isinstance(value, Enum):
+            value = value.value
+        data[f.name] = value
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def decode(raw: bytes) -> Message:
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"not msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DecodeError(f"expected a map, got {type(data).__name__}")
+    version = data.get("v")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"unknown schema version {version!r} (this build reads {SCHEMA_VERSION})", data)
+    cls = _TYPES.get(data.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise DecodeError(f"unknown message type {data.get('type')!r}", data)
+    try:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name == "key":
+                kwargs["key"] = _key_from(data)
+            elif f.name in data:
+                kwargs[f.name] = data[f.name]
+        if cls is TaskStateChanged:
+            kwargs["state"] = TaskState(kwargs["state"])
+        message = cls(**kwargs)
+        _check_types(message)
+    except DecodeError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"invalid {cls.__name__}: {type(exc).__name__}: {exc}", data) from None
+    return message
+
+
+_EXPECTED = {
+    "queue": str, "scheduler_id": str, "workload_json": str, "external_executor_id": str,
+    "reason": str, "pod_name": str, "namespace": str,
+}
+
+
+def _check_types(message: Message) -> None:
+    for name, typ in _EXPECTED.items():
+        value = getattr(message, name, None)
+        if value is not None and not isinstance(value, typ):
+            raise TypeError(f"{name} must be {typ.__name__}")
+    for name in ("pod_override", "pod_template"):
+        value = getattr(message, name, None)
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a map")
+    for name in ("queued_at", "at"):
+        value = getattr(message, name, None)
+        if value is not None and not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number")

@@ -1,0 +1,287 @@
+"""One settings model for every kubestream component.
+
+The executor reads these names from the Airflow config section
+``[kubestream]`` (so ``AIRFLOW__KUBESTREAM__REDIS_URL`` works); launchers and
+the watcher read the same names from ``KUBESTREAM_*`` environment variables.
+Same names, same defaults. A wrong value fails at start with the variable's
+name in the message (``SettingsError``).
+
+The README's configuration table is generated from ``FIELDS`` by
+``kubestream settings --markdown`` and checked by a test, so docs and code agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "KUBESTREAM_"
+AIRFLOW_SECTION = "kubestream"
+
+DEFAULT_FATAL_REASONS = (
+    "CreateContainerConfigError",
+    "ErrImagePull",
+    "CreateContainerError",
+    "ImageInspectError",
+    "InvalidImageName",
+)
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _doc(text: str, parse: Callable[[str], Any]) -> dict[str, Any]:
+    return {"doc": text, "parse": parse}
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum:
+            raise ValueError(f"expected a number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _name(raw: str) -> str:
+    value = raw.strip()
+    if value and not _NAME.match(value):
+        raise ValueError("expected 1-64 characters of [A-Za-z0-9_.-]")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    if not values:
+        raise ValueError("expected a comma-separated list with at least one name")
+    for value in values:
+        _name(value)
+    return values
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    for value in values:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a valid namespace name")
+    return values
+
+
+def _namespace(raw: str) -> str:
+    (value,) = _namespaces(raw) or ("",)
+    if not value:
+        raise ValueError("expected a namespace name")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^(redis|rediss|unix)://", value):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z0-9_.:\-]{1,32}$", value):
+        raise ValueError("expected 1-32 characters of [A-Za-z0-9_.:-] (no braces: kubestream adds them)")
+    return value
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, with its default. Construct with ``from_env`` or ``from_mapping``."""
+
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc(
+        "Redis server for every stream and key (redis://, rediss:// or unix://).", _redis_url))
+    key_prefix: str = field(default="kubestream", metadata=_doc(
+        "Prefix of every Redis key; wrapped in braces so all keys share one Redis Cluster slot.", _prefix))
+    scheduler_id: str = field(default="", metadata=_doc(
+        "Executor only: name of this scheduler's result stream. Empty: the scheduler job id.", _name))
+    namespace: str = field(default="default", metadata=_doc(
+        "Namespace where task pods are created (a task's queue may not override it).", _namespace))
+    watch_namespaces: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Watcher: comma-separated namespaces to watch. Empty: `namespace` plus every `queue_namespaces` target.",
+        _namespaces))
+    queues: tuple[str, ...] = field(default=("default",), metadata=_doc(
+        "Launcher: comma-separated Airflow queues (launch streams) this launcher serves.", _names))
+    queue_namespaces: str = field(default="", metadata=_doc(
+        "Launcher/watcher: per-queue namespace overrides, `queue=namespace,...` (e.g. `gpu=gpu-pool`).", _str))
+    worker_image: str = field(default="apache/airflow:3.3.2", metadata=_doc(
+        "Image of the task container `base` when the pod template does not set one.", _str))
+    pod_template_file: str = field(default="", metadata=_doc(
+        "Launcher: default pod template (YAML) that every task pod starts from.", _str))
+    kube_config: str = field(default="", metadata=_doc(
+        "Launcher/watcher: kubeconfig path. Empty: in-cluster config, then ~/.kube/config.", _str))
+    kube_context: str = field(default="", metadata=_doc(
+        "Launcher/watcher: kubeconfig context. Empty: the current context.", _str))
+    launch_concurrency: int = field(default=16, metadata=_doc(
+        "Launcher: pod creations in flight per launcher process.", _int(1)))
+    create_rate: float = field(default=0.0, metadata=_doc(
+        "Cluster-wide pod creations per second shared by all launchers through Redis. 0: unlimited.", _float(0)))
+    create_burst: int = field(default=50, metadata=_doc(
+        "Token bucket size for `create_rate`.", _int(1)))
+    max_deliveries: int = field(default=5, metadata=_doc(
+        "Launcher: deliveries of one launch message before it is dead-lettered and its task failed.", _int(1)))
+    reclaim_idle_seconds: float = field(default=60.0, metadata=_doc(
+        "Launcher: a launch message pending this long on another launcher is reclaimed. Must exceed "
+        "`retry_budget_seconds`.", _float(1)))
+    retry_budget_seconds: float = field(default=30.0, metadata=_doc(
+        "Launcher: time spent retrying transient API errors for one delivery before leaving it for redelivery.",
+        _float(0)))
+    retry_base_seconds: float = field(default=0.2, metadata=_doc(
+        "First backoff delay for transient API errors (jittered, doubling).", _float(0)))
+    retry_max_seconds: float = field(default=10.0, metadata=_doc(
+        "Cap of one backoff delay.", _float(0)))
+    delete_worker_pods: bool = field(default=True, metadata=_doc(
+        "Watcher: delete a pod once its final state is published.", _bool))
+    delete_worker_pods_on_failure: bool = field(default=False, metadata=_doc(
+        "Watcher: also delete pods that failed (kept for debugging when false).", _bool))
+    fatal_container_reasons: tuple[str, ...] = field(default=DEFAULT_FATAL_REASONS, metadata=_doc(
+        "Watcher: waiting reasons of a Pending pod that fail its task "
+        "(ErrImagePull with 'pull QPS exceeded' is never fatal).", _csv))
+    watch_timeout_seconds: int = field(default=300, metadata=_doc(
+        "Watcher: server-side timeout of one watch request before it is renewed.", _int(1)))
+    lease_seconds: float = field(default=15.0, metadata=_doc(
+        "Watcher: leadership lease; a standby takes over this long after the leader stops renewing.", _float(1)))
+    health_ttl_seconds: float = field(default=30.0, metadata=_doc(
+        "Lifetime of a component's health key (refreshed every third of it).", _float(1)))
+    block_ms: int = field(default=1000, metadata=_doc(
+        "Launcher: XREADGROUP BLOCK timeout in milliseconds (kept <= 2000, see docs).", _int(1)))
+    sync_batch: int = field(default=2000, metadata=_doc(
+        "Executor: maximum results applied per sync() call.", _int(1)))
+    results_maxlen: int = field(default=100000, metadata=_doc(
+        "Approximate MAXLEN of each result stream (acknowledged entries are trimmed).", _int(100)))
+    task_ttl_seconds: int = field(default=7 * 24 * 3600, metadata=_doc(
+        "Lifetime of a task's Redis record after its final state.", _int(60)))
+    metrics_port: int = field(default=0, metadata=_doc(
+        "Launcher/watcher: HTTP port for /healthz and /metrics (Prometheus text). 0: disabled.", _int(0)))
+    consumer_name: str = field(default="", metadata=_doc(
+        "Launcher/watcher: consumer and lease holder name. Empty: hostname-pid.", _name))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str], *, source: str = ENV_PREFIX) -> Settings:
+        """Build from lowercase setting names; ``source`` names variables in errors."""
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name, raw in values.items():
+            key = name.lower()
+            if key not in known:
+                continue
+            f = _FIELD_BY_NAME[key]
+            try:
+                kwargs[key] = f.metadata["parse"](str(raw))
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{_var(source, key)}={raw!r}: {exc}") from None
+        settings = cls(**kwargs)
+        settings.check(source)
+        return settings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values = {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+        return cls.from_mapping(values, source=ENV_PREFIX)
+
+    def check(self, source: str = ENV_PREFIX) -> None:
+        """Cross-field rules."""
+        if self.reclaim_idle_seconds <= self.retry_budget_seconds:
+            raise SettingsError(
+                f"{_var(source, 'reclaim_idle_seconds')}={self.reclaim_idle_seconds} must exceed "
+                f"{_var(source, 'retry_budget_seconds')}={self.retry_budget_seconds}, or a launch still "
+                "being retried would be reclaimed by another launcher"
+            )
+        try:
+            self.queue_namespace_map()
+        except ValueError as exc:
+            raise SettingsError(f"{_var(source, 'queue_namespaces')}={self.queue_namespaces!r}: {exc}") from None
+
+    def queue_namespace_map(self) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for item in _csv(self.queue_namespaces):
+            queue, sep, ns = item.partition("=")
+            if not sep or not queue.strip() or not _DNS_LABEL.match(ns.strip()):
+                raise ValueError(f"expected queue=namespace pairs, got {item!r}")
+            result[queue.strip()] = ns.strip()
+        return result
+
+    def namespace_for_queue(self, queue: str) -> str:
+        return self.queue_namespace_map().get(queue, self.namespace)
+
+    def namespaces_to_watch(self) -> tuple[str, ...]:
+        if self.watch_namespaces:
+            return self.watch_namespaces
+        return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map().values())))
+
+    def member_name(self) -> str:
+        """This process's consumer / lease-holder name."""
+        import os
+
+        return self.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _var(source: str, key: str) -> str:
+    if source == ENV_PREFIX:
+        return f"{ENV_PREFIX}{key.upper()}"
+    return f"[{source}] {key}"
+
+
+FIELDS = dataclasses.fields(Settings)
+_FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| name | env / Airflow config | default | meaning |", "|---|---|---|---|"]
+    for f in FIELDS:
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        shown = f"`{default}`" if default not in ("", ()) else "(empty)"
+        rows.append(
+            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` / `AIRFLOW__KUBESTREAM__{f.name.upper()}` "
+            f"| {shown} | {f.metadata['doc']} |"
+        )
+    return "\n".join(rows)

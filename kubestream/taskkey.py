@@ -1,0 +1,62 @@
+"""The identity of one task instance try, independent of Airflow's classes.
+
+``TaskKey`` mirrors Airflow's ``TaskInstanceKey`` (dag_id, task_id, run_id,
+try_number, map_index) so the launchers and watcher can handle keys without
+importing airflow. ``pod_name`` is a deterministic function of the key: every
+redelivery of the same launch meets 409 AlreadyExists instead of a second pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+POD_NAME_MAX = 63
+_HASH_LEN = 10
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKey:
+    dag_id: str
+    task_id: str
+    run_id: str
+    try_number: int
+    map_index: int = -1
+
+    def digest(self) -> str:
+        """A stable hex digest of every field (the key's unique part)."""
+        raw = "\x1f".join(
+            (self.dag_id, self.task_id, self.run_id, str(self.try_number), str(self.map_index))
+        )
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def pod_name(self) -> str:
+        """A DNS-1123 subdomain-safe pod name (<= 63 chars), unique per key.
+
+        Readable part from dag and task ids (lowercased, non [a-z0-9-] runs
+        collapsed to '-'), then a hash of the whole key, so two keys never
+        share a name even when their readable parts do.
+        """
+        readable = _NOT_DNS.sub("-", f"{self.dag_id}-{self.task_id}".lower()).strip("-")
+        suffix = self.digest()[:_HASH_LEN]
+        room = POD_NAME_MAX - len("ks-") - 1 - len(suffix)
+        readable = readable[:room].strip("-")
+        return f"ks-{readable}-{suffix}" if readable else f"ks-{suffix}"
+
+    def same_instance(self, other: TaskKey) -> bool:
+        """True if both keys name the same task instance (any try)."""
+        return (self.dag_id, self.task_id, self.run_id, self.map_index) == (
+            other.dag_id,
+            other.task_id,
+            other.run_id,
+            other.map_index,
+        )
+
+    def as_tuple(self) -> tuple[str, str, str, int, int]:
+        return (self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
+
+    def __str__(self) -> str:
+        mi = f"[{self.map_index}]" if self.map_index >= 0 else ""
+        return f"{self.dag_id}.{self.task_id}{mi} run={self.run_id} try={self.try_number}"

@@ -1,0 +1,304 @@
+"""The launcher: consume launch streams, create pods, never lose or duplicate one.
+
+One consumer group (``launchers``) per queue stream; this process is one
+consumer. Reliability rules (docs/architecture.md has the full story):
+
+- an entry is acknowledged (and deleted) only once its outcome is settled:
+  pod created, 409 AlreadyExists (a redelivery: success), a permanent API
+  error or bad input (failed result published in the same Lua call);
+- on start the consumer first re-handles its own pending entries, and it
+  periodically reclaims (XAUTOCLAIM) entries idle longer than
+  ``reclaim_idle_seconds`` on consumers that died;
+- an entry delivered more than ``max_deliveries`` times is dead-lettered with
+  a failed result;
+- transient API errors are retried with jittered backoff for at most
+  ``retry_budget_seconds`` per delivery, then left pending for redelivery;
+- revoked tasks are skipped; RevokeTask deletes the pod;
+- SIGTERM: stop reading, let in-flight creates finish (no new retries), exit;
+  what is not settled stays pending for the other launchers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kubernetes import client as k8s
+
+from kubestream.backoff import backoff_delay
+from kubestream.health import Heartbeat, Metrics
+from kubestream.keys import LAUNCH_GROUP, Keys
+from kubestream.messages import FIELD, DecodeError, LaunchTask, RevokeTask, decode
+from kubestream.ratelimit import RateLimiter
+from kubestream.settings import Settings
+from kubestream.store import TaskStore, failed
+from kubestream.workers.apierrors import Outcome, classify_exception
+from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
+
+log = logging.getLogger("kubestream.launcher")
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    stream: str
+    entry_id: str
+    raw: bytes
+    deliveries: int
+
+
+class Launcher:
+    def __init__(self, settings: Settings, redis_client: redis.Redis, api: k8s.ApiClient,
+                 *, name: str | None = None) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.core = k8s.CoreV1Api(api)
+        self.keys = Keys(settings.key_prefix)
+        self.store = TaskStore(redis_client, self.keys, settings)
+        self.name = name or settings.member_name()
+        self.streams = [self.keys.launch(q) for q in settings.queues]
+        self.metrics = Metrics("launcher")
+        self.limiter = RateLimiter(redis_client, self.keys.rate_limit, settings.create_rate, settings.create_burst)
+        self.template = load_template_yaml(open(settings.pod_template_file).read()) if settings.pod_template_file else None
+        self.stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
+        self._inflight: set[Future[None]] = set()
+        self._lock = threading.Condition()
+        self.heartbeat = Heartbeat(redis_client, self.keys.health("launcher", self.name), settings.health_ttl_seconds,
+                                   self.metrics, extra=lambda: {"queues": ",".join(settings.queues)})
+
+    # -- loop --------------------------------------------------------------------------------
+    def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, LAUNCH_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def run(self, *, until_idle: bool = False, max_seconds: float | None = None) -> None:
+        """Serve until ``stop()``; ``until_idle`` returns once nothing is pending or new (tests, burst)."""
+        self.ensure_groups()
+        self.heartbeat.start()
+        started = time.monotonic()
+        last_reclaim = 0.0
+        try:
+            self._dispatch(self._own_pending())
+            while not self.stopping.is_set():
+                if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
+                    self._dispatch(self._reclaim())
+                    last_reclaim = time.monotonic()
+                got = self._dispatch(self._read_new())
+                if until_idle and not got and self._idle():
+                    break
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+        finally:
+            self._drain()
+            self.heartbeat.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _idle(self) -> bool:
+        with self._lock:
+            if self._inflight:
+                return False
+        return all(self.redis.xpending(s, LAUNCH_GROUP)["pending"] == 0 for s in self.streams)
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending = list(self._inflight)
+        for fut in pending:
+            fut.result()
+        self._pool.shutdown(wait=True)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.settings.launch_concurrency - len(self._inflight)
+
+    def _read_new(self) -> list[Entry]:
+        free = self._free_slots()
+        if free <= 0:
+            self._wait_for_slot()
+            return []
+        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
+                                      count=free, block=self.settings.block_ms)
+        return [Entry(_str(stream), _str(eid), fields.get(FIELD, b""), 1)
+                for stream, entries in reply or [] for eid, fields in entries if fields is not None]
+
+    def _own_pending(self) -> list[Entry]:
+        """Entries delivered to this consumer name before (a restart with the same name)."""
+        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
+        return self._with_counts([(_str(s), _str(e), f) for s, es in reply or [] for e, f in es])
+
+    def _reclaim(self) -> list[Entry]:
+        """XAUTOCLAIM entries idle too long on any consumer (crashed launchers)."""
+        claimed = []
+        min_idle = int(self.settings.reclaim_idle_seconds * 1000)
+        for stream in self.streams:
+            cursor = "0-0"
+            while True:
+                reply = self.redis.xautoclaim(stream, LAUNCH_GROUP, self.name, min_idle, cursor, count=100)
+                cursor, entries = _str(reply[0]), reply[1]
+                claimed += [(stream, _str(e), f) for e, f in entries]
+                if len(reply) > 2:
+                    for deleted in reply[2]:  # entries deleted while pending: nothing to do
+                        self.redis.xack(stream, LAUNCH_GROUP, deleted)
+                if cursor == "0-0":
+                    break
+        if claimed:
+            log.info("reclaimed %d idle launch entries", len(claimed))
+            self.metrics.inc("reclaimed_total", len(claimed))
+        return self._with_counts(claimed)
+
+    def _with_counts(self, rows: list[tuple[str, str, Any]]) -> list[Entry]:
+        out = []
+        for stream, eid, fields in rows:
+            if fields is None:  # deleted while pending
+                self.redis.xack(stream, LAUNCH_GROUP, eid)
+                continue
+            info = self.redis.xpending_range(stream, LAUNCH_GROUP, min=eid, max=eid, count=1)
+            count = int(info[0]["times_delivered"]) if info else 1
+            out.append(Entry(stream, eid, fields.get(FIELD, b""), count))
+        return out
+
+    def _wait_for_slot(self) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: len(self._inflight) < self.settings.launch_concurrency,
+                                timeout=self.settings.block_ms / 1000)
+
+    def _dispatch(self, entries: list[Entry]) -> int:
+        for entry in entries:
+            fut = self._pool.submit(self._handle_safely, entry)
+            with self._lock:
+                self._inflight.add(fut)
+            fut.add_done_callback(self._done)
+        self.metrics.set("in_flight", len(self._inflight))
+        return len(entries)
+
+    def _done(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._inflight.discard(fut)
+            self._lock.notify_all()
+
+    # -- handling ----------------------------------------------------------------------------
+    def _handle_safely(self, entry: Entry) -> None:
+        try:
+            self.handle(entry)
+        except Exception:  # never kill the worker thread; the entry stays pending for redelivery
+            self.metrics.inc("errors_total")
+            log.exception("unexpected error handling launch entry", extra={"entry": entry.entry_id})
+
+    def handle(self, entry: Entry) -> None:
+        ctx = {"stream": entry.stream, "entry": entry.entry_id}
+        try:
+            message = decode(entry.raw)
+        except DecodeError as exc:
+            key = exc.key()
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(key, f"bad launch message: {exc}") if key else None,
+                                   dead_reason=f"decode: {exc}", raw=entry.raw)
+            self.metrics.inc("dead_lettered_total")
+            log.error("dead-lettered undecodable entry: %s", exc, extra=ctx)
+            return
+        ctx.update(task=str(message.key), pod=message.key.pod_name())
+        if entry.deliveries > self.settings.max_deliveries:
+            reason = f"launch gave up after {entry.deliveries - 1} deliveries"
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(message.key, reason),
+                                   dead_reason=reason, raw=entry.raw)
+            self.metrics.inc("dead_lettered_total")
+            log.error("dead-lettered: %s", reason, extra=ctx)
+            return
+        if isinstance(message, RevokeTask):
+            self._revoke(message, entry)
+        elif isinstance(message, LaunchTask):
+            self._launch(message, entry, ctx)
+        else:
+            self.store.fail_launch(entry.stream, entry.entry_id, None,
+                                   dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
+
+    def _ack(self, entry: Entry) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(entry.stream, LAUNCH_GROUP, entry.entry_id)
+        pipe.xdel(entry.stream, entry.entry_id)
+        pipe.execute()
+
+    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str]) -> None:
+        if self.store.is_revoked(msg.pod_name):
+            self._ack(entry)
+            self.metrics.inc("skipped_revoked_total")
+            log.info("skipped revoked task", extra=ctx)
+            return
+        namespace = self.settings.namespace_for_queue(msg.queue)
+        try:
+            pod = build_pod(key=msg.key, namespace=namespace, image=self.settings.worker_image,
+                            workload_json=msg.workload_json, scheduler_id=msg.scheduler_id,
+                            template=msg.pod_template or self.template, pod_override=msg.pod_override)
+        except PodSpecError as exc:
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, f"invalid pod spec: {exc}"),
+                                   dead_reason=f"pod spec: {exc}", raw=entry.raw)
+            self.metrics.inc("dead_lettered_total")
+            log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
+            return
+        namespace = pod["metadata"].get("namespace") or namespace
+        outcome = self._retrying(lambda: self.core.create_namespaced_pod(
+            namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT), ctx, rate_limited=True)
+        if outcome is None:
+            return  # stopping or retry budget spent: left pending for redelivery
+        if outcome.kind in ("created", "exists"):
+            self._ack(entry)
+            self.metrics.inc("created_total" if outcome.kind == "created" else "already_exists_total")
+            log.info("pod %s", outcome.kind, extra=ctx)
+        else:
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, outcome.message, namespace))
+            self.metrics.inc("failed_total")
+            log.error("pod create failed permanently: %s", outcome.message, extra=ctx)
+
+    def _revoke(self, msg: RevokeTask, entry: Entry) -> None:
+        namespace = self.settings.namespace_for_queue(msg.queue)
+        ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
+        outcome = self._retrying(lambda: self.core.delete_namespaced_pod(
+            msg.pod_name, namespace, grace_period_seconds=0, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT), ctx)
+        if outcome is None:
+            return
+        if outcome.kind != "transient":
+            self._ack(entry)  # deleted, or 404: nothing to delete
+            self.metrics.inc("revoked_total")
+            log.info("revoked: %s", "pod deleted" if outcome.kind == "created" else outcome.message, extra=ctx)
+
+    def _retrying(self, call: Callable[[], Any], ctx: dict[str, str], *, rate_limited: bool = False) -> Outcome | None:
+        """Run an API call, retrying transient errors within the budget; None = give up for now."""
+        deadline = time.monotonic() + self.settings.retry_budget_seconds
+        attempt = 0
+        while True:
+            if rate_limited and not self.limiter.acquire(self.stopping):
+                return None
+            try:
+                call()
+                return Outcome("created")
+            except Exception as exc:  # classified below; unknown errors are permanent
+                outcome = classify_exception(exc)
+            if outcome.kind != "transient":
+                return outcome
+            self.metrics.inc("transient_errors_total")
+            delay = max(outcome.retry_after or 0.0,
+                        backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds))
+            attempt += 1
+            if self.stopping.is_set() or time.monotonic() + delay > deadline:
+                log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)
+                return None
+            log.info("transient API error, retrying in %.2fs: %s", delay, outcome.message, extra=ctx)
+            if self.stopping.wait(delay):
+                return None
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,98 @@
+"""Shared fixtures: real servers, session-scoped; clean state per test.
+
+- ``redis_server``: a real redis-server on a free loopback port.
+- ``redis_client`` / ``settings``: a client and Settings for a fresh key prefix per test
+  (so tests never see each other's streams).
+- ``cluster``: the real local kube-apiserver + etcd (``kubestream.localcluster``).
+- ``admin_api`` / ``api_for(identity)``: ApiClients acting as the admin or a component.
+- ``namespace``: a fresh namespace per test, with the launcher/watcher roles bound.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kubestream.keys import Keys
+from kubestream.localcluster.cluster import ClusterState, LocalCluster
+from kubestream.localcluster.redisserver import RedisServer
+from kubestream.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> Keys:
+    return Keys(key_prefix)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterState]:
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    state = local.up()
+    state.__dict__["_local"] = local
+    try:
+        yield state
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(cluster: ClusterState) -> LocalCluster:
+    return cluster.__dict__["_local"]
+
+
+@pytest.fixture(scope="session")
+def api_for(cluster: ClusterState) -> Callable[[str], object]:
+    from kubestream.localcluster.kubeclient import api_client
+
+    cache: dict[str, object] = {}
+
+    def get(identity: str) -> object:
+        if identity not in cache:
+            cache[identity] = api_client(cluster.kubeconfig(identity), pool_size=32)
+        return cache[identity]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def admin_api(api_for: Callable[[str], object]) -> object:
+    return api_for("admin")
+
+
+@pytest.fixture
+def namespace(cluster: ClusterState, local_cluster: LocalCluster) -> str:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    local_cluster.ensure_namespaces(cluster, (ns,))
+    return ns
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, namespace: str) -> Settings:
+    return Settings.from_mapping({
+        "redis_url": redis_server.url, "key_prefix": key_prefix, "namespace": namespace,
+        "scheduler_id": "sched-a", "kube_config": cluster.kubeconfig("launcher"),
+        "reclaim_idle_seconds": "5", "retry_budget_seconds": "2",
+    })
