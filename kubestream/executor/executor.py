@@ -22,7 +22,7 @@ from kubestream.executor.dispatch import ExecutorConfigError, launch_message, ta
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, encode
 from kubestream.redisconn import connect
-from kubestream.settings import AIRFLOW_SECTION, Settings
+from kubestream.settings import AIRFLOW_SECTION, FIELDS, Settings
 from kubestream.store import TaskStore
 
 
@@ -46,8 +46,13 @@ class KubeStreamExecutor(BaseExecutor):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
-        section = self.conf.getsection(AIRFLOW_SECTION) or {}
-        return Settings.from_mapping({k: str(v) for k, v in section.items()}, source=AIRFLOW_SECTION)
+        """Every setting from ``[kubestream]`` (config file, AIRFLOW__KUBESTREAM__* env, _cmd, _secret)."""
+        values = {}
+        for f in FIELDS:
+            value = self.conf.get(AIRFLOW_SECTION, f.name, fallback=None)
+            if value is not None:
+                values[f.name] = value
+        return Settings.from_mapping(values, source=AIRFLOW_SECTION)
 
     def start(self) -> None:
         self.settings = self.load_settings()
@@ -143,6 +148,10 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
             self.log.warning("could not acknowledge %d results: %s", len(entries), exc)
         return len(entries)
+
+    def task_states_from_db(self, keys: Sequence[Any]) -> dict[Any, str | None]:
+        """The state each task wrote to the Airflow DB (one query)."""
+        return results.db_states(keys)
 
     def external_id(self, ti_key: Any) -> str | None:
         return self._external_ids.get(ti_key)

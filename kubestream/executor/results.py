@@ -78,7 +78,7 @@ def apply_adopted(executor: Any, adopted: Sequence[tuple[TaskKey, tuple[str, str
 
 def report_db_states(executor: Any, keys: Sequence[TaskKey]) -> None:
     """Pods that ended well: report the state each task wrote to the Airflow DB."""
-    states = db_states(keys)
+    states = executor.task_states_from_db(keys)
     for key in keys:
         ti_key = airflow_key(key)
         state = states.get(key)

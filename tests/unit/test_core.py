@@ -1,0 +1,135 @@
+"""Pure pieces of the shared core: task keys and pod names, keys, messages, settings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import msgpack
+import pytest
+
+from kubestream.keys import Keys
+from kubestream.messages import (DecodeError, LaunchTask, RevokeTask, TaskState, TaskStateChanged, decode,
+                                 encode)
+from kubestream.settings import Settings, SettingsError, markdown_table
+from kubestream.taskkey import TaskKey
+
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("key", [
+    TaskKey("dag", "task", "manual__2026-01-01T00:00:00+00:00", 1),
+    TaskKey("Dag_With.Dots", "Task__Caps", "r", 3, 7),
+    TaskKey("d" * 250, "t" * 250, "r" * 250, 1),
+    TaskKey("データ", "タスク", "run", 1),
+    TaskKey("---", "___", "r", 1),
+    TaskKey("a", "b", "r", 12345, 99999),
+])
+def test_pod_names_are_dns1123_and_at_most_63(key: TaskKey) -> None:
+    name = key.pod_name()
+    assert len(name) <= 63 and DNS1123.match(name), name
+    assert name == key.pod_name()  # deterministic
+
+
+def test_pod_names_differ_for_every_field() -> None:
+    base = TaskKey("dag", "task", "run", 1, -1)
+    variants = [base, TaskKey("dag", "task", "run", 2, -1), TaskKey("dag", "task", "run", 1, 0),
+                TaskKey("dag", "task", "run2", 1, -1), TaskKey("dag", "task2", "run", 1, -1),
+                TaskKey("d" * 250 + "x", "t", "r", 1), TaskKey("d" * 250 + "y", "t", "r", 1)]
+    assert len({k.pod_name() for k in variants}) == len(variants)
+
+
+def test_keys_share_one_hash_slot_and_reject_bad_prefixes() -> None:
+    keys = Keys("prod")
+    for k in (keys.launch("gpu"), keys.results("s1"), keys.dead, keys.task("p"), keys.live,
+              keys.resource_version("ns"), keys.watcher_lease, keys.rate_limit, keys.health("launcher", "x")):
+        assert k.startswith("{prod}:")
+    for bad in ("", "a{b", "x" * 33, "a b"):
+        with pytest.raises(ValueError):
+            Keys(bad)
+
+
+def test_messages_round_trip() -> None:
+    key = TaskKey("d", "t", "r", 2, 5)
+    for msg in (LaunchTask(key, "q", "s", '{"a":1}', "ext", {"metadata": {}}, None, 1.5),
+                RevokeTask(key, "q", "why"), TaskStateChanged(key, TaskState.FAILED, "boom", "p", "ns", 3.0)):
+        assert decode(encode(msg)) == msg
+
+
+@pytest.mark.parametrize("raw, fragment, has_key", [
+    (b"\xc1garbage", "not msgpack", False),
+    (msgpack.packb([1, 2]), "expected a map", False),
+    (msgpack.packb({"v": 99, "type": "launch", "key": ["d", "t", "r", 1, -1]}), "unknown schema version 99", True),
+    (msgpack.packb({"v": 1, "type": "nope", "key": ["d", "t", "r", 1, -1]}), "unknown message type", True),
+    (msgpack.packb({"v": 1, "type": "launch", "key": ["d", "t", "r", "1", -1]}), "invalid LaunchTask", False),
+    (msgpack.packb({"v": 1, "type": "launch", "key": ["d", "t", "r", 1, -1], "queue": "q", "scheduler_id": "s",
+                    "workload_json": 5}), "workload_json must be str", True),
+    (msgpack.packb({"v": 1, "type": "launch", "key": ["d", "t", "r", 1, -1], "queue": "q", "scheduler_id": "s",
+                    "workload_json": "{}", "pod_override": [1]}), "pod_override must be a map", True),
+    (msgpack.packb({"v": 1, "type": "state", "key": ["d", "t", "r", 1, -1], "state": "exploded"}),
+     "invalid TaskStateChanged", True),
+])
+def test_decode_errors_are_typed_and_keep_the_key(raw: bytes, fragment: str, has_key: bool) -> None:
+    with pytest.raises(DecodeError) as err:
+        decode(raw)
+    assert fragment in str(err.value)
+    assert (err.value.key() is not None) == has_key
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"KUBESTREAM_LAUNCH_CONCURRENCY": "zero"}, "KUBESTREAM_LAUNCH_CONCURRENCY='zero': expected an integer >= 1"),
+    ({"KUBESTREAM_LAUNCH_CONCURRENCY": "0"}, "KUBESTREAM_LAUNCH_CONCURRENCY='0'"),
+    ({"KUBESTREAM_REDIS_URL": "http://x"}, "KUBESTREAM_REDIS_URL='http://x': expected a redis://"),
+    ({"KUBESTREAM_DELETE_WORKER_PODS": "maybe"}, "KUBESTREAM_DELETE_WORKER_PODS='maybe': expected true or false"),
+    ({"KUBESTREAM_KEY_PREFIX": "{x}"}, "KUBESTREAM_KEY_PREFIX"),
+    ({"KUBESTREAM_NAMESPACE": "Bad_NS"}, "KUBESTREAM_NAMESPACE"),
+    ({"KUBESTREAM_QUEUE_NAMESPACES": "gpu"}, "KUBESTREAM_QUEUE_NAMESPACES='gpu'"),
+    ({"KUBESTREAM_RECLAIM_IDLE_SECONDS": "10", "KUBESTREAM_RETRY_BUDGET_SECONDS": "30"},
+     "KUBESTREAM_RECLAIM_IDLE_SECONDS=10.0 must exceed KUBESTREAM_RETRY_BUDGET_SECONDS=30.0"),
+    ({"KUBESTREAM_CREATE_RATE": "nan"}, "KUBESTREAM_CREATE_RATE"),
+])
+def test_wrong_settings_name_the_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert fragment in str(err.value)
+
+
+def test_settings_parse_and_route_queues() -> None:
+    s = Settings.from_env({"KUBESTREAM_QUEUES": "default, gpu", "KUBESTREAM_QUEUE_NAMESPACES": "gpu=gpu-pool",
+                           "KUBESTREAM_DELETE_WORKER_PODS": "false", "OTHER": "x"})
+    assert s.queues == ("default", "gpu") and s.delete_worker_pods is False
+    assert s.namespace_for_queue("gpu") == "gpu-pool" and s.namespace_for_queue("default") == "default"
+    assert s.namespaces_to_watch() == ("default", "gpu-pool")
+    assert Settings.from_mapping({}, source="kubestream") == Settings()
+
+
+def test_airflow_section_errors_name_the_option() -> None:
+    with pytest.raises(SettingsError, match=r"\[kubestream\] sync_batch='-1'"):
+        Settings.from_mapping({"sync_batch": "-1"}, source="kubestream")
+
+
+def test_readme_configuration_table_is_generated_from_the_settings() -> None:
+    readme = open("README.md").read()
+    assert markdown_table() in readme, "README's table is stale: paste `kubestream settings --markdown`"
+
+
+def test_launcher_and_watcher_do_not_import_airflow() -> None:
+    code = ("import kubestream.workers.launcher, kubestream.watcher.watcher, kubestream.cli, sys; "
+            "assert 'airflow' not in sys.modules, 'airflow imported'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_shared_core_imports_neither_airflow_nor_kubernetes() -> None:
+    code = ("import kubestream.settings, kubestream.keys, kubestream.messages, kubestream.store, "
+            "kubestream.taskkey, kubestream.ratelimit, kubestream.health, kubestream.status, kubestream.backoff, sys; "
+            "bad = [m for m in ('airflow', 'kubernetes') if m in sys.modules]; assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_launcher_and_watcher_do_not_import_each_other() -> None:
+    for mod, other in (("kubestream.workers.launcher", "kubestream.watcher"),
+                       ("kubestream.watcher.watcher", "kubestream.workers")):
+        code = f"import {mod}, sys; assert not [m for m in sys.modules if m.startswith('{other}')]"
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0, mod
