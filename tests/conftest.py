@@ -96,3 +96,18 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
         "scheduler_id": "sched-a", "kube_config": cluster.kubeconfig("launcher"),
         "reclaim_idle_seconds": "5", "retry_budget_seconds": "2",
     })
+
+
+@pytest.fixture
+def kubelet(cluster: ClusterState, namespace: str) -> Iterator[object]:
+    """A simulated kubelet (rules mode) for this test's namespace, on a node of its own."""
+    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.localcluster.kubelet import SimKubelet
+
+    api = api_client(cluster.kubeconfig("kubelet"), pool_size=16)
+    sim = SimKubelet(api, node_name=f"node-{namespace}", namespaces=[namespace]).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+        api.close()

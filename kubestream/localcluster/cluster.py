@@ -157,7 +157,7 @@ class LocalCluster:
         state = self.running()
         if not state:
             raise ClusterError("the local cluster is not running")
-        stop_pid(state.apiserver_pid)
+        stop_pid(state.apiserver_pid, timeout=3)  # open watches hold a graceful stop for ~10 s
         self._start_apiserver(state)
         return state
 
@@ -289,4 +289,6 @@ class LocalCluster:
                                   "name": f"kubestream-{component}"}],
                 })
             state.namespaces.append(ns)
-        self._save(state)
+        fresh = self.load() or state  # the caller's copy may predate an apiserver restart
+        fresh.namespaces = sorted(set(fresh.namespaces) | set(state.namespaces))
+        self._save(fresh)

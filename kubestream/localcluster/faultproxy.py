@@ -1,12 +1,12 @@
-"""Loopback proxies that inject faults between a client and a kube-apiserver (tests; stdlib only).
+"""Loopback proxies injecting faults between clients and a kube-apiserver (tests only; stdlib only).
 
-- ``FaultProxy``: TCP level, TLS passes through untouched. Knobs: ``latency_ms``
-  (added before each client->server chunk), ``refuse`` (new connections are
-  accepted then reset), ``cut_all()`` (drop live connections).
-- ``HttpFaultProxy``: plain HTTP on loopback, HTTPS (or HTTP) to the apiserver, so
-  it sees requests: ``fail_next`` answers the next N matching requests with an
-  error (429 + Retry-After by default), ``fail_randomly`` fails a ratio of them.
-  Responses stream through (a watch's chunks are forwarded as they arrive).
+- ``FaultProxy``: TCP level, so TLS passes through untouched. Knobs: ``latency_ms``
+  (before each client->server chunk), ``refuse`` (new connections are accepted
+  then reset), ``cut_all()`` (drop live connections).
+- ``HttpFaultProxy``: plain HTTP on loopback, HTTPS (or HTTP) to the apiserver, so it
+  sees requests: ``fail_next`` answers the next N matching requests with an error
+  (429 + Retry-After by default), ``fail_randomly`` a ratio of them. Responses stream
+  through: a watch's chunks are forwarded as they arrive.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from typing import Any
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
         "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+_REASONS = {409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "InternalError",
+            503: "ServiceUnavailable", 504: "Timeout"}
 
 
 def _shutdown(sock: socket.socket | None) -> None:
-    """Wake any thread blocked on ``sock`` (the owner closes it)."""
+    """Wake any thread blocked on ``sock`` (its owner closes it)."""
     try:
         if sock is not None:
             sock.shutdown(socket.SHUT_RDWR)
@@ -37,20 +39,43 @@ def _shutdown(sock: socket.socket | None) -> None:
         pass
 
 
-class FaultProxy:
+class _Proxy:
+    """Shared parts: ``latency_ms``, live sockets for ``cut_all()``, context manager."""
+
+    def __init__(self, target_host: str, target_port: int, listen_host: str, listen_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.latency_ms: float = 0.0
+        self._listen_addr = (listen_host, listen_port)
+        self._lock = threading.Lock()
+        self._live: set[socket.socket] = set()
+
+    def cut_all(self) -> None:
+        """Drop every live connection (both ends see EOF or a reset)."""
+        with self._lock:
+            live = list(self._live)
+        for sock in live:
+            _shutdown(sock)
+
+    def _delay(self) -> None:
+        if self.latency_ms > 0:
+            time.sleep(self.latency_ms / 1000.0)
+
+    def __enter__(self) -> Any:
+        return self.start()  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # type: ignore[attr-defined]
+
+
+class FaultProxy(_Proxy):
     """TCP proxy on loopback; a thread per direction of each connection."""
 
     def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1",
                  listen_port: int = 0) -> None:
-        self.target = (target_host, target_port)
-        self.latency_ms: float = 0.0
+        super().__init__(target_host, target_port, listen_host, listen_port)
         self.refuse: bool = False
-        self.accepted = 0
-        self.refused = 0
-        self._listen_addr = (listen_host, listen_port)
+        self.accepted = self.refused = 0
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._live: set[socket.socket] = set()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,19 +100,6 @@ class FaultProxy:
         if self._sock is not None:
             self._sock.close()
         self.cut_all()
-
-    def cut_all(self) -> None:
-        """Drop every live connection (both sides see a reset/EOF)."""
-        with self._lock:
-            live = list(self._live)
-        for sock in live:
-            _shutdown(sock)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
@@ -116,10 +128,10 @@ class FaultProxy:
         upstream.settimeout(None)
         with self._lock:
             self._live.update((client, upstream))
-        up = threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True)
-        up.start()
+        to_server = threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True)
+        to_server.start()
         self._pump(upstream, client, False)
-        up.join()
+        to_server.join()
         with self._lock:
             self._live.difference_update((client, upstream))
         client.close()
@@ -128,8 +140,8 @@ class FaultProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, delay: bool) -> None:
         try:
             while data := src.recv(65536):
-                if delay and self.latency_ms > 0:
-                    time.sleep(self.latency_ms / 1000.0)
+                if delay:
+                    self._delay()
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)  # half-close: pass the EOF on
         except OSError:
@@ -150,34 +162,22 @@ class _Rule:
         return (self.only_method is None or method.upper() == self.only_method.upper()) and self.path_contains in path
 
 
-class HttpFaultProxy:
-    """HTTP (client side) to HTTPS (apiserver side) proxy that can answer with injected errors."""
+class HttpFaultProxy(_Proxy):
+    """Plain HTTP in, HTTPS (``tls=True``, unverified unless ``ca_file``) out; injects error responses."""
 
     def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1", listen_port: int = 0,
-                 *, tls: bool = True, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, seed: int | None = None) -> None:
-        self.target = (target_host, target_port)
-        self.latency_ms: float = 0.0
-        self.requests_seen = 0
-        self.faults_injected = 0
-        self._listen_addr = (listen_host, listen_port)
+                 *, tls: bool = True, ca_file: str | None = None, check_hostname: bool = True,
+                 seed: int | None = None) -> None:
+        super().__init__(target_host, target_port, listen_host, listen_port)
+        self.requests_seen = self.faults_injected = 0
         self._ssl: ssl.SSLContext | None = None
         if tls:
-            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if ca_file:
-                self._ssl.load_verify_locations(ca_file)
-            else:
-                self._ssl.check_hostname = False
-                self._ssl.verify_mode = ssl.CERT_NONE
-            if cert_file:
-                self._ssl.load_cert_chain(cert_file, key_file)
+            self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
+            self._ssl.check_hostname = bool(ca_file) and check_hostname
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
         self._next: list[_Rule] = []
         self._random: _Rule | None = None
-        self._live: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -191,7 +191,7 @@ class HttpFaultProxy:
 
     def fail_next(self, n: int, status: int = 429, retry_after: str | None = "1",
                   only_method: str | None = "POST", path_contains: str = "/pods") -> None:
-        """Answer the next ``n`` matching requests with ``status`` (a k8s Status body)."""
+        """Answer the next ``n`` matching requests with ``status`` and a k8s Status body."""
         with self._lock:
             self._next.append(_Rule(status, retry_after, only_method, path_contains, remaining=n))
 
@@ -222,40 +222,25 @@ class HttpFaultProxy:
                     proxy._live.discard(self.connection)
                 super().finish()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-            def handle_one(self) -> None:
+            def forward(self) -> None:
                 proxy._handle(self)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_one
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = forward
 
-        server = ThreadingHTTPServer(self._listen_addr, Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"httpfaultproxy:{self.port}", daemon=True)
-        self._thread.start()
+        self._server = ThreadingHTTPServer(self._listen_addr, Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                         name=f"httpfaultproxy:{self.port}", daemon=True).start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        self.cut_all()
-
-    def cut_all(self) -> None:
-        """Drop every client connection and in-flight upstream request (e.g. watches)."""
-        with self._lock:
-            live = list(self._live)
-        for sock in live:
-            _shutdown(sock)
-
-    def __enter__(self) -> HttpFaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.cut_all()  # client connections and in-flight upstream requests (watches)
 
     def _pick_fault(self, method: str, path: str) -> _Rule | None:
         with self._lock:
@@ -266,16 +251,15 @@ class HttpFaultProxy:
                 self._next = [r for r in self._next if r.remaining > 0]
             elif self._random and self._random.matches(method, path) and self._rng.random() < self._random.ratio:
                 rule = self._random
-            if rule is not None:
-                self.faults_injected += 1
+            self.faults_injected += rule is not None
             return rule
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         try:
-            body = _read_body(h)
+            length = int(h.headers.get("Content-Length") or 0)
+            body = h.rfile.read(length) if length > 0 else None
             rule = self._pick_fault(h.command, h.path)
-            if self.latency_ms > 0:
-                time.sleep(self.latency_ms / 1000.0)
+            self._delay()
             if rule is not None:
                 return _send_status(h, rule.status, "injected by HttpFaultProxy", rule.retry_after)
             headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
@@ -285,7 +269,7 @@ class HttpFaultProxy:
                 conn = http.client.HTTPConnection(*self.target)
             try:
                 try:
-                    conn.request(h.command, h.path, body=body or None, headers=headers)
+                    conn.request(h.command, h.path, body=body, headers=headers)
                     resp = conn.getresponse()
                 except (OSError, http.client.HTTPException) as exc:
                     return _send_status(h, 502, f"upstream: {type(exc).__name__}: {exc}", None)
@@ -302,22 +286,8 @@ class HttpFaultProxy:
             h.close_connection = True  # client or upstream went away mid-response
 
 
-def _read_body(h: BaseHTTPRequestHandler) -> bytes:
-    if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-        parts = []
-        while size := int(h.rfile.readline().split(b";")[0].strip() or b"0", 16):
-            parts.append(h.rfile.read(size))
-            h.rfile.readline()
-        while h.rfile.readline() not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(parts)
-    length = int(h.headers.get("Content-Length") or 0)
-    return h.rfile.read(length) if length else b""
-
-
 def _send_status(h: BaseHTTPRequestHandler, status: int, message: str, retry_after: str | None) -> None:
-    reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
-              409: "Conflict", 410: "Expired"}.get(status) or HTTPStatus(status).phrase.replace(" ", "")
+    reason = _REASONS.get(status) or HTTPStatus(status).phrase.replace(" ", "")
     payload = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                           "message": message, "reason": reason, "code": status}).encode()
     h.send_response_only(status)
@@ -330,26 +300,23 @@ def _send_status(h: BaseHTTPRequestHandler, status: int, message: str, retry_aft
 
 
 def _relay(h: BaseHTTPRequestHandler, resp: http.client.HTTPResponse) -> None:
-    """Send ``resp`` to the client; bodies of unknown length are re-chunked as they arrive."""
+    """Send ``resp`` to the client; bodies without a length are re-chunked as they arrive."""
     h.send_response_only(resp.status, resp.reason)
     for key, value in resp.getheaders():
         if key.lower() not in _HOP:
             h.send_header(key, value)
     length = resp.getheader("Content-Length")
-    if h.command == "HEAD" or resp.status in (204, 304) or resp.status < 200:
-        if length is not None:
-            h.send_header("Content-Length", length)
-        h.end_headers()
-        return
     if length is not None and not resp.chunked:
         h.send_header("Content-Length", length)
+    if h.command == "HEAD" or resp.status in (204, 304) or resp.status < 200:
+        h.end_headers()
+    elif length is not None and not resp.chunked:
         h.end_headers()
         while data := resp.read(65536):
             h.wfile.write(data)
-        return
-    h.send_header("Transfer-Encoding", "chunked")
-    h.end_headers()
-    while data := resp.read1(65536):
-        h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        h.wfile.flush()
-    h.wfile.write(b"0\r\n\r\n")
+    else:
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        while data := resp.read1(65536):  # whatever arrived: one watch event is one chunk
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        h.wfile.write(b"0\r\n\r\n")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import platform
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -337,6 +338,44 @@ def status_crashloop(pod: Mapping[str, Any], now: str, code: int, *, host_ip: st
                                           last_state=last))
     return _base(pod, now, "Running", host_ip) | {"conditions": _not_ready(pod, now), "containerStatuses": statuses}
 
+
+def status_for(step: Step, pod: Mapping[str, Any], now: str, *, host_ip: str, pod_ip: str) -> dict[str, Any]:
+    """The status a kubelet writes for a status-only step (create waiting start restart crash finish)."""
+    if step.action == "create":
+        return status_waiting(pod, now, "ContainerCreating", host_ip=host_ip)
+    if step.action == "waiting":
+        return status_waiting(pod, now, step.reason, host_ip=host_ip, message=step.message)
+    if step.action in ("start", "restart"):
+        return status_running(pod, now, host_ip=host_ip, pod_ip=pod_ip)
+    if step.action == "crash":
+        return status_crashloop(pod, now, step.exit_code, host_ip=host_ip)
+    if step.action == "finish":
+        return status_terminated(pod, now, step.exit_code, step.reason, host_ip=host_ip, message=step.message)
+    raise ValueError(f"step {step.action!r} writes no pod status")
+
+
+# -- the node ---------------------------------------------------------------------------------------
+
+
+def node_conditions(now: str, since: str) -> list[dict[str, str]]:
+    """A healthy node's conditions, heartbeat ``now``."""
+    rows = (("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID"), ("Ready", "True", "KubeletReady"))
+    return [{"type": kind, "status": value, "reason": reason, "message": f"{reason} (simulated)",
+             "lastHeartbeatTime": now, "lastTransitionTime": since} for kind, value, reason in rows]
+
+
+def node_object(name: str, now: str, since: str, *, host_ip: str, runtime: str) -> dict[str, Any]:
+    """A Ready Node with room for any test load (capacity: 1000 cpu, 4Ti memory, 10k pods)."""
+    capacity = {"cpu": "1000", "memory": "4Ti", "pods": "10000", "ephemeral-storage": "10Ti"}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubestream.io/simulated": "true"}},
+        "status": {"capacity": capacity, "allocatable": capacity, "conditions": node_conditions(now, since),
+                   "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": name}],
+                   "nodeInfo": {"kubeletVersion": "v1.20.2-kubestream-sim", "operatingSystem": "linux",
+                                "architecture": platform.machine(), "kernelVersion": platform.release(),
+                                "osImage": "kubestream simulated kubelet", "containerRuntimeVersion": runtime}}}
 
 # -- process mode: what a container would run -----------------------------------------------------
 
