@@ -24,6 +24,20 @@ from kubestream.localcluster.redisserver import RedisServer
 from kubestream.settings import Settings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep Airflow's files (airflow.cfg, logs) out of the user's ~/airflow."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    old = os.environ.get("AIRFLOW_HOME")
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    yield home
+    if old is None:
+        os.environ.pop("AIRFLOW_HOME", None)
+    else:
+        os.environ["AIRFLOW_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:

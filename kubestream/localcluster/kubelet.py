@@ -67,8 +67,10 @@ def _now() -> str:
 
 
 def _transient(exc: BaseException) -> bool:
+    """A kubelet keeps retrying: only 404 (pod gone), 409 (replaced / bound elsewhere) and 422 are final.
+    401/403 included: a restarting apiserver answers them until its RBAC caches are loaded."""
     if isinstance(exc, ApiException):
-        return not exc.status or exc.status in (408, 429) or exc.status >= 500
+        return exc.status not in (404, 409, 422)
     return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
 
 
