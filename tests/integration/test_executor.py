@@ -1,0 +1,130 @@
+"""The executor's own contract against a real Redis: batching, unreachable Redis, adoption, revoke."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from kubernetes import client as k8s
+
+from kubestream.executor.dispatch import executor_config_parts, task_key
+from kubestream.keys import LAUNCH_GROUP
+from kubestream.localcluster.procs import free_port, wait_for
+from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode
+from tests.helpers import Driver, sim, workload
+from tests.integration.test_pipeline import DbStandIn, components, make_executor  # noqa: F401 - fixtures
+
+
+def _ti(w):
+    """The TaskInstance attributes the executor reads in adopt/revoke."""
+    return types.SimpleNamespace(key=w.ti.key, queue=w.ti.queue, external_executor_id=w.ti.external_executor_id)
+
+
+def test_dispatch_is_one_round_trip_with_records_and_launches(make_executor, redis_client, keys) -> None:
+    ex = make_executor()
+    work = [workload("batch", f"t{i}", executor_config=sim("succeed")) for i in range(50)]
+    before = redis_client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+    Driver(ex).submit(work)
+    assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == before + 1  # one MULTI/EXEC
+    entries = redis_client.xrange(keys.launch("default"))
+    assert len(entries) == 50
+    msg = decode(entries[0][1][FIELD])
+    assert isinstance(msg, LaunchTask) and msg.scheduler_id == "sched-a"
+    assert msg.pod_override == {"metadata": {"annotations": {"kubestream.io/sim": "succeed"}}}
+    assert '"token":"not-a-real-jwt"' in msg.workload_json
+    record = redis_client.hgetall(keys.task(msg.pod_name))
+    assert record[b"owner"] == b"sched-a" and record[b"dag_id"] == b"batch"
+    assert len(ex.running) == 50 and not ex.queued_tasks
+
+
+def test_unreachable_redis_keeps_work_queued_and_sync_returns(settings, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__KUBESTREAM__REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("AIRFLOW__KUBESTREAM__SCHEDULER_ID", "lonely")
+    ex = DbStandIn()
+    with pytest.raises(Exception):  # noqa: B017 - start() must fail loudly: the group cannot be created
+        ex.start()
+    # a started executor whose Redis goes away
+    ex.settings = ex.load_settings()
+    from kubestream.keys import Keys
+    from kubestream.redisconn import connect
+    from kubestream.store import TaskStore
+
+    ex.keys, ex.scheduler_id = Keys(ex.settings.key_prefix), "lonely"
+    ex.redis = connect(ex.settings, role="executor")
+    ex.store = TaskStore(ex.redis, ex.keys, ex.settings)
+    w = workload("offline", "t1")
+    Driver(ex).submit([w])
+    assert w.ti.key in ex.queued_tasks and not ex.running  # stays queued, retried next heartbeat
+    assert ex.sync() == 0
+
+
+def test_invalid_executor_config_fails_the_task_before_dispatch(make_executor, redis_client, keys) -> None:
+    ex = make_executor()
+    bad = workload("cfg", "bad", executor_config={"pod_override": "not a pod"})
+    good = workload("cfg", "good")
+    Driver(ex).submit([bad, good])
+    state, info = ex.get_event_buffer()[bad.ti.key]
+    assert str(state) in ("failed", "TaskInstanceState.FAILED") and "V1Pod" in info
+    assert good.ti.key in ex.running and redis_client.xlen(keys.launch("default")) == 1
+
+
+def test_v1pod_override_and_template_file_are_shipped(tmp_path) -> None:
+    from kubernetes.client import models as m
+
+    template = tmp_path / "tpl.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: base\n    image: custom:1\n")
+    pod = m.V1Pod(metadata=m.V1ObjectMeta(labels={"team": "a"}),
+                  spec=m.V1PodSpec(containers=[m.V1Container(name="base", resources=m.V1ResourceRequirements(
+                      limits={"memory": "1Gi"}))]))
+    override, tpl = executor_config_parts({"pod_override": pod, "pod_template_file": str(template)})
+    assert override == {"metadata": {"labels": {"team": "a"}},
+                        "spec": {"containers": [{"name": "base", "resources": {"limits": {"memory": "1Gi"}}}]}}
+    assert tpl["spec"]["containers"][0]["image"] == "custom:1"
+
+
+def test_adoption_moves_ownership_and_later_events(settings, cluster, kubelet, components, make_executor,  # noqa: F811
+                                                   redis_client, keys) -> None:
+    old = Driver(make_executor())
+    work = [workload("adopt", f"t{i}", executor_config=sim("run:delay=2")) for i in range(10)]
+    old.submit(work)
+    components.start("launcher", settings, cluster.kubeconfig("launcher"))
+    components.start("watcher", settings, cluster.kubeconfig("watcher"))
+    wait_for(lambda: redis_client.scard(keys.live) == 10, timeout=60, what="all pods live")
+    old.executor.terminate()  # the old scheduler dies
+    new = Driver(make_executor(scheduler_id="sched-b"))
+    stranger = workload("adopt", "never-dispatched")
+    not_adopted = new.executor.try_adopt_task_instances([_ti(w) for w in work] + [_ti(stranger)])
+    assert [t.key for t in not_adopted] == [stranger.ti.key]
+    finals = new.run_until([w.ti.key for w in work], timeout=60)
+    assert set(finals.values()) == {"success"}
+    assert redis_client.hget(keys.task(task_key(work[0].ti.key).pod_name()), "owner") == b"sched-b"
+
+
+def test_revoke_is_recorded_first_and_the_pod_removed(settings, cluster, kubelet, components, make_executor,  # noqa: F811
+                                                      redis_client, keys, admin_api) -> None:
+    ex = make_executor()
+    running = workload("revoke", "running", executor_config=sim("run"))
+    queued = workload("revoke", "queued")
+    Driver(ex).submit([running])
+    components.start("launcher", settings, cluster.kubeconfig("launcher"))
+    components.start("watcher", settings, cluster.kubeconfig("watcher"))
+    core = k8s.CoreV1Api(admin_api)
+    pod = task_key(running.ti.key).pod_name()
+    wait_for(lambda: core.read_namespaced_pod(pod, settings.namespace).status.phase == "Running", timeout=60,
+             what="the pod running")
+    ex.revoke_task(ti=_ti(running))
+    assert running.ti.key not in ex.running
+    assert redis_client.hget(keys.task(pod), "revoked") == b"1"
+    wait_for(lambda: pod not in {p.metadata.name for p in core.list_namespaced_pod(settings.namespace).items},
+             timeout=60, what="the revoked pod deleted")
+    # a revoked task that was never launched: launchers skip it
+    ex.queue_workload(queued, session=None)
+    ex.trigger_tasks(1)
+    ex.revoke_task(ti=_ti(queued))
+    wait_for(lambda: redis_client.xpending(keys.launch("default"), LAUNCH_GROUP)["pending"] == 0
+             and redis_client.xlen(keys.launch("default")) == 0, timeout=60, what="launch stream drained")
+    # skipped by the launcher, or (if its create won the race) deleted by the revoke and the watcher
+    queued_pod = task_key(queued.ti.key).pod_name()
+    wait_for(lambda: queued_pod not in {p.metadata.name for p in core.list_namespaced_pod(settings.namespace).items},
+             timeout=60, what="no pod for the revoked queued task")
+    assert not any(isinstance(decode(f[FIELD]), RevokeTask) for _, f in redis_client.xrange(keys.launch("default")))
