@@ -105,7 +105,7 @@ def launchers(settings: Settings, kubeconfig: str, ns: str, pods: int, n: int, c
         pipe = r.pipeline(transaction=True)
         for i in range(pods):
             key = TaskKey("ks", f"t{i}", "r", 1)
-            pipe.hset(keys.task(key.pod_name()), mapping=store.record_fields(key, "bench", "bench", ns))
+            store.dispatch(pipe, key, owner="bench", queue="bench", namespace=ns, dispatch="")
             pipe.xadd(keys.launch("bench"), {FIELD: encode(LaunchTask(key, "bench", "bench", "{}"))})
         t0 = time.perf_counter()
         pipe.execute()

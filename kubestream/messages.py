@@ -79,6 +79,7 @@ class RevokeTask:
     key: TaskKey
     queue: str
     reason: str = ""
+    external_executor_id: str = ""  # the dispatch revoked; a pod of a later dispatch is left alone
     type: str = field(default="revoke", init=False)
 
     @property

@@ -3,8 +3,12 @@
 A task record is the hash ``{prefix}:task:<pod name>`` with fields
 ``owner`` (the scheduler whose result stream gets its events), ``dag_id``,
 ``task_id``, ``run_id``, ``try_number``, ``map_index``, ``queue``,
-``namespace``, ``state`` and ``reason`` (last published), ``seq`` (events
-published), ``revoked`` ("1" once revoked) and ``updated`` (epoch seconds).
+``namespace``, ``dispatch`` (the external executor id of the current dispatch:
+Airflow assigns a new one every time it queues the task), ``state`` and
+``reason`` (last published), ``seq`` (events published), ``revoked`` ("1"
+once the current dispatch is revoked) and ``updated`` (epoch seconds).
+A pod carries its dispatch id in the annotation ``kubestream.io/dispatch``;
+events from a pod of an older dispatch of the same key are dropped.
 
 Every state change goes through ``_PUBLISH`` (a Lua function shared by the
 scripts): look up the owner, drop duplicates / regressions / events after a
@@ -31,13 +35,15 @@ from kubestream.taskkey import TaskKey
 # KEYS[1] = task hash. ARGV[1] = key base "{prefix}", ARGV[2] = state, ARGV[3] = reason,
 # ARGV[4] = encoded event, ARGV[5] = results MAXLEN, ARGV[6] = TTL after a final state,
 # ARGV[7] = now (epoch seconds), ARGV[8] = "<namespace>/<pod>" for the set of live pods
-# ({prefix}:live: pods published pending/running, so a relist can find vanished ones).
+# ({prefix}:live: pods published pending/running, so a relist can find vanished ones),
+# ARGV[9] = the dispatch id the event's pod belongs to ('' = any).
 # Returns {1, entry id, owner} when published, {0, why} otherwise.
 _PUBLISH_FN = """
-local function publish(task, base, state, reason, event, maxlen, ttl, now, where)
-  local rec = redis.call('HMGET', task, 'owner', 'state', 'revoked')
-  local owner, last, revoked = rec[1], rec[2], rec[3]
+local function publish(task, base, state, reason, event, maxlen, ttl, now, where, dispatch)
+  local rec = redis.call('HMGET', task, 'owner', 'state', 'revoked', 'dispatch')
+  local owner, last, revoked, current = rec[1], rec[2], rec[3], rec[4]
   if not owner then return {0, 'unknown task'} end
+  if dispatch ~= '' and current and current ~= '' and current ~= dispatch then return {0, 'stale dispatch'} end
   if revoked == '1' then return {0, 'revoked'} end
   if last == state then return {0, 'duplicate'} end
   if last == 'succeeded' or last == 'failed' then return {0, 'already final: ' .. last} end
@@ -56,22 +62,22 @@ local function publish(task, base, state, reason, event, maxlen, ttl, now, where
 end
 """
 
-_PUBLISH = _PUBLISH_FN + "return publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])"
+_PUBLISH = _PUBLISH_FN + "return publish(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])"
 
 # A launch that ends without a pod: acknowledge it, optionally dead-letter it, and publish
 # the failed result, atomically.
 # KEYS[1] = launch stream, KEYS[2] = task hash (may be a dummy when the key is unknown),
-# KEYS[3] = dead-letter stream. ARGV[1..8] as _PUBLISH, ARGV[9] = group, ARGV[10] = entry id,
-# ARGV[11] = dead-letter reason ('' = no dead letter), ARGV[12] = raw message, ARGV[13] = stream name.
+# KEYS[3] = dead-letter stream. ARGV[1..9] as _PUBLISH, ARGV[10] = group, ARGV[11] = entry id,
+# ARGV[12] = dead-letter reason ('' = no dead letter), ARGV[13] = raw message, ARGV[14] = stream name.
 _FAIL_LAUNCH = _PUBLISH_FN + """
-redis.call('XACK', KEYS[1], ARGV[9], ARGV[10])
-redis.call('XDEL', KEYS[1], ARGV[10])
-if ARGV[11] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'reason', ARGV[11], 'stream', ARGV[13],
-             'entry', ARGV[10], 'task', KEYS[2], 'm', ARGV[12])
+redis.call('XACK', KEYS[1], ARGV[10], ARGV[11])
+redis.call('XDEL', KEYS[1], ARGV[11])
+if ARGV[12] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', 'reason', ARGV[12], 'stream', ARGV[14],
+             'entry', ARGV[11], 'task', KEYS[2], 'm', ARGV[13])
 end
 if ARGV[2] == '' then return {0, 'no task'} end
-return publish(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return publish(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 """
 
 # KEYS = task hashes, ARGV[1] = new owner. Returns for each key {state, reason} or {} if unknown.
@@ -109,12 +115,17 @@ class TaskStore:
         self._adopt = client.register_script(_ADOPT)
 
     # -- executor side ---------------------------------------------------------------
-    def record_fields(self, key: TaskKey, owner: str, queue: str, namespace: str) -> dict[str, str | int]:
-        return {
+    def dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
+                 dispatch: str) -> None:
+        """Queue the commands that (re)start a task's record for a new dispatch on ``pipe``."""
+        record = self.keys.task(key.pod_name())
+        pipe.hdel(record, "state", "reason", "revoked")
+        pipe.hset(record, mapping={
             "owner": owner, "dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id,
             "try_number": key.try_number, "map_index": key.map_index, "queue": queue,
-            "namespace": namespace, "updated": f"{time.time():.3f}",
-        }
+            "namespace": namespace, "dispatch": dispatch, "updated": f"{time.time():.3f}",
+        })
+        pipe.expire(record, self.settings.task_ttl_seconds)
 
     def adopt(self, pod_names: Sequence[str], owner: str) -> list[tuple[str, str] | None]:
         """Take ownership of tasks; returns each one's last (state, reason), None if unknown."""
@@ -131,12 +142,17 @@ class TaskStore:
         pipe.execute()
 
     # -- launcher / watcher side -------------------------------------------------------
-    def is_revoked(self, pod_name: str) -> bool:
-        return self.redis.hget(self.keys.task(pod_name), "revoked") == b"1"
+    def launch_verdict(self, pod_name: str, dispatch: str) -> str:
+        """'' if a launch of ``dispatch`` may go ahead, else why not ('revoked', 'stale dispatch')."""
+        revoked, current = self.redis.hmget(self.keys.task(pod_name), "revoked", "dispatch")
+        if dispatch and current and _s(current) != dispatch:
+            return "stale dispatch"
+        return "revoked" if revoked == b"1" else ""
 
-    def publish(self, event: TaskStateChanged) -> Published:
-        """Atomically: drop if not new, else update the last state and send to the owner."""
-        res = self._publish(keys=[self.keys.task(event.key.pod_name())], args=self._publish_args(event))
+    def publish(self, event: TaskStateChanged, dispatch: str = "") -> Published:
+        """Atomically: drop if not new (or from another dispatch's pod), else update the last
+        state and send to the owner."""
+        res = self._publish(keys=[self.keys.task(event.key.pod_name())], args=[*self._publish_args(event), dispatch])
         return _published(res)
 
     def fail_launch(self, stream: str, entry_id: str, event: TaskStateChanged | None,
@@ -145,6 +161,7 @@ class TaskStore:
         and publish ``event`` (a FAILED state), atomically."""
         task = self.keys.task(event.key.pod_name()) if event else self.keys.task("-")
         args = self._publish_args(event) if event else [self.keys.base, "", "", "", 0, 0, 0, ""]
+        args.append("")
         res = self._fail_launch(
             keys=[stream, task, self.keys.dead],
             args=[*args, LAUNCH_GROUP, entry_id, dead_reason, raw, stream],

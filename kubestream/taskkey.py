@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 POD_NAME_MAX = 63
+MANAGED_LABEL = "kubestream.io/managed"  # "true" on every task pod: the watcher's selector
+DISPATCH_ANNOTATION = "kubestream.io/dispatch"  # the external executor id of the dispatch that made the pod
 _HASH_LEN = 10
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 

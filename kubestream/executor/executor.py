@@ -105,10 +105,9 @@ class KubeStreamExecutor(BaseExecutor):
             return
         pipe = self.redis.pipeline(transaction=True)
         for _, msg in launches:
-            record = self.keys.task(msg.pod_name)
-            pipe.hset(record, mapping=self.store.record_fields(
-                msg.key, self.scheduler_id, msg.queue, self.settings.namespace_for_queue(msg.queue)))
-            pipe.expire(record, self.settings.task_ttl_seconds)
+            self.store.dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
+                                namespace=self.settings.namespace_for_queue(msg.queue),
+                                dispatch=msg.external_executor_id)
             pipe.xadd(self.keys.launch(msg.queue), {FIELD: encode(msg)})
         try:
             pipe.execute()
@@ -192,8 +191,9 @@ class KubeStreamExecutor(BaseExecutor):
         queue = ti.queue or "default"
         try:
             self.store.revoke([key.pod_name()])
-            self.redis.xadd(self.keys.launch(queue), {FIELD: encode(RevokeTask(key=key, queue=queue,
-                                                                             reason="revoked by scheduler"))})
+            revoke = RevokeTask(key=key, queue=queue, reason="revoked by the scheduler",
+                                external_executor_id=ti.external_executor_id or "")
+            self.redis.xadd(self.keys.launch(queue), {FIELD: encode(revoke)})
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
 

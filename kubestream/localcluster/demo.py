@@ -100,8 +100,8 @@ def _run(settings: Settings, count: int, timeout: float, work: Path) -> int:
                          pod_override={"metadata": {"annotations": {"kubestream.io/sim": _rule(i)}}},
                          queued_at=time.time())
         tasks[key] = _rule(i)
-        pipe.hset(keys.task(key.pod_name()), mapping=store.record_fields(key, settings.scheduler_id, "default",
-                                                                          settings.namespace))
+        store.dispatch(pipe, key, owner=settings.scheduler_id, queue="default", namespace=settings.namespace,
+                       dispatch="")
         pipe.xadd(keys.launch("default"), {FIELD: encode(msg)})
     started = time.monotonic()
     pipe.execute()

@@ -35,13 +35,13 @@ from kubestream.keys import Keys
 from kubestream.messages import TaskState, TaskStateChanged
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
-from kubestream.taskkey import TaskKey
+from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
 from kubestream.watcher.podkey import key_from_annotations
 
 log = logging.getLogger("kubestream.watcher")
-SELECTOR = "kubestream.io/managed=true"
+SELECTOR = f"{MANAGED_LABEL}=true"
 CHECKPOINT_EVERY = 0.5  # seconds between resourceVersion writes while events flow
 
 
@@ -119,15 +119,16 @@ class Watcher:
         if verdict is None:
             return
         state, reason = verdict
+        dispatch = (meta.get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
         result = self.store.publish(TaskStateChanged(key=key, state=state, reason=reason, pod_name=name,
-                                                     namespace=namespace, at=time.time()))
+                                                     namespace=namespace, at=time.time()), dispatch)
         if result.published:
             self.metrics.inc("published_total")
             log.info("published %s %s", state.value, reason, extra={**ctx, "entry": result.detail, "owner": result.owner})
         gone = event_type == "DELETED" or meta.get("deletionTimestamp")
         if gone:
             return
-        if result.detail == "revoked" or (state.final and self._should_delete(state)):
+        if result.detail in ("revoked", "stale dispatch") or (state.final and self._should_delete(state)):
             self._deleter.submit(self._delete, namespace, name, ctx)
 
     def publish_vanished(self, namespace: str, seen: set[str]) -> None:

@@ -20,6 +20,7 @@ consumer. Reliability rules (docs/architecture.md has the full story):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -38,11 +39,16 @@ from kubestream.messages import FIELD, DecodeError, LaunchTask, RevokeTask, deco
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
+from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.workers.apierrors import Outcome, classify_exception
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 
 log = logging.getLogger("kubestream.launcher")
 REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+class _OlderPodExists(Exception):
+    """409: the pod name is taken by a pod of an earlier (revoked) dispatch of the same key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,10 +237,10 @@ class Launcher:
         pipe.execute()
 
     def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str]) -> None:
-        if self.store.is_revoked(msg.pod_name):
+        if verdict := self.store.launch_verdict(msg.pod_name, msg.external_executor_id):
             self._ack(entry)
-            self.metrics.inc("skipped_revoked_total")
-            log.info("skipped revoked task", extra=ctx)
+            self.metrics.inc("skipped_total")
+            log.info("skipped launch: %s", verdict, extra=ctx)
             return
         namespace = self.settings.namespace_for_queue(msg.queue)
         try:
@@ -248,8 +254,10 @@ class Launcher:
             log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
             return
         namespace = pod["metadata"].get("namespace") or namespace
-        outcome = self._retrying(lambda: self.core.create_namespaced_pod(
-            namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT), ctx, rate_limited=True)
+        if msg.external_executor_id:
+            pod["metadata"]["annotations"][DISPATCH_ANNOTATION] = msg.external_executor_id
+        outcome = self._retrying(lambda: self._create(namespace, pod, msg.external_executor_id), ctx,
+                                 rate_limited=True)
         if outcome is None:
             return  # stopping or retry budget spent: left pending for redelivery
         if outcome.kind in ("created", "exists"):
@@ -261,18 +269,54 @@ class Launcher:
             self.metrics.inc("failed_total")
             log.error("pod create failed permanently: %s", outcome.message, extra=ctx)
 
+    def _create(self, namespace: str, pod: dict[str, Any], dispatch: str) -> None:
+        """Create the pod; a 409 is success unless the existing pod belongs to another dispatch
+        (a revoked one still terminating): then retry until it is gone."""
+        try:
+            self.core.create_namespaced_pod(namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except k8s.ApiException as exc:
+            if exc.status != 409 or not dispatch:
+                raise
+            existing = self._read(namespace, pod["metadata"]["name"])
+            theirs = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
+            if existing is not None and theirs and theirs != dispatch:
+                raise _OlderPodExists(f"pod of an earlier dispatch {theirs} still exists") from None
+            raise
+
+    def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                                 _request_timeout=REQUEST_TIMEOUT)
+        except k8s.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return json.loads(resp.data)
+
     def _revoke(self, msg: RevokeTask, entry: Entry) -> None:
+        """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
         namespace = self.settings.namespace_for_queue(msg.queue)
         ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
-        outcome = self._retrying(lambda: self.core.delete_namespaced_pod(
-            msg.pod_name, namespace, grace_period_seconds=0, _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT), ctx)
+
+        def delete() -> None:
+            pod = self._read(namespace, msg.pod_name)
+            if pod is None:
+                return
+            meta = pod["metadata"]
+            theirs = (meta.get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
+            if msg.external_executor_id and theirs and theirs != msg.external_executor_id:
+                return  # a newer dispatch's pod: not ours to delete
+            self.core.delete_namespaced_pod(msg.pod_name, namespace, grace_period_seconds=0,
+                                            body={"preconditions": {"uid": meta["uid"]}},
+                                            _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+
+        outcome = self._retrying(delete, ctx)
         if outcome is None:
             return
         if outcome.kind != "transient":
-            self._ack(entry)  # deleted, or 404: nothing to delete
+            self._ack(entry)  # deleted, gone already, or not ours
             self.metrics.inc("revoked_total")
-            log.info("revoked: %s", "pod deleted" if outcome.kind == "created" else outcome.message, extra=ctx)
+            log.info("revoke handled: %s", outcome.message or "no pod of the revoked dispatch remains", extra=ctx)
 
     def _retrying(self, call: Callable[[], Any], ctx: dict[str, str], *, rate_limited: bool = False) -> Outcome | None:
         """Run an API call, retrying transient errors within the budget; None = give up for now."""
@@ -284,6 +328,8 @@ class Launcher:
             try:
                 call()
                 return Outcome("created")
+            except _OlderPodExists as exc:
+                outcome = Outcome("transient", str(exc))
             except Exception as exc:  # classified below; unknown errors are permanent
                 outcome = classify_exception(exc)
             if outcome.kind != "transient":

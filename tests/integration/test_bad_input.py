@@ -32,7 +32,6 @@ from kubestream.keys import LAUNCH_GROUP
 from kubestream.localcluster.faultproxy import HttpFaultProxy
 from kubestream.localcluster.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
-from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
 from tests.helpers import Components, Driver, airflow_env, workload
@@ -40,6 +39,11 @@ from tests.helpers import Components, Driver, airflow_env, workload
 pytestmark = pytest.mark.cluster
 
 TIMEOUT = 90
+# The watcher only notices SIGTERM between watch events (watcher.py: the watch thread blocks in
+# the response stream, _lead joins it for up to watch_timeout_seconds + 15 s), so on a quiet
+# namespace the fixtures' stop_pid has to SIGKILL it after 15 s. A short server-side watch
+# timeout keeps teardown fast; renewing the watch from the checkpoint is a normal path anyway.
+WATCHER = {"watch_timeout_seconds": "3"}
 
 
 class DbStandIn(KubeStreamExecutor):
@@ -121,7 +125,7 @@ def pod_exists(core: k8s.CoreV1Api, namespace: str, name: str) -> bool:
 
 def start_pipeline(components: Components, settings, cluster, **launcher_overrides: str):
     launcher = components.start("launcher", settings, cluster.kubeconfig("launcher"), **launcher_overrides)
-    components.start("watcher", settings, cluster.kubeconfig("watcher"))
+    components.start("watcher", settings, cluster.kubeconfig("watcher"), **WATCHER)
     return launcher
 
 
@@ -170,9 +174,10 @@ def test_unknown_schema_version_is_dead_lettered_and_fails_its_task(
     # A task whose launch message comes from a producer speaking schema v99; its record says
     # sched-a owns it, so the failed result must be routed to sched-a's result stream.
     ghost = TaskKey("badinput", "from-the-future", "run-1", 1, -1)
-    store = TaskStore(redis_client, keys, settings)
-    redis_client.hset(keys.task(ghost.pod_name()),
-                      mapping=store.record_fields(ghost, "sched-a", "default", settings.namespace))
+    redis_client.hset(keys.task(ghost.pod_name()), mapping={
+        "owner": "sched-a", "dag_id": ghost.dag_id, "task_id": ghost.task_id, "run_id": ghost.run_id,
+        "try_number": ghost.try_number, "map_index": ghost.map_index, "queue": "default",
+        "namespace": settings.namespace})
     raw = msgpack.packb({"v": 99, "type": "launch", "key": list(ghost.as_tuple()), "queue": "default",
                          "scheduler_id": "sched-a", "workload_json": "{}", "new_field": [1, 2, 3]},
                         use_bin_type=True)
@@ -196,7 +201,7 @@ def test_unknown_schema_version_is_dead_lettered_and_fails_its_task(
     (event,) = wait_for(ghost_failed, timeout=TIMEOUT, what="a failed result for the v99 task")
     assert event.state is TaskState.FAILED
     assert "schema version 99" in event.reason and event.pod_name == ghost.pod_name()
-    assert store.record(ghost.pod_name())["state"] == "failed"
+    assert redis_client.hget(keys.task(ghost.pod_name()), "state") == b"failed"
     assert launcher.poll() is None
     wait_for(lambda: pending(redis_client, keys) == 0, timeout=30, what="nothing pending in group launchers")
 
@@ -303,7 +308,7 @@ def test_quota_403_keeps_launches_pending_until_the_quota_is_raised(
     assert not core.list_namespaced_pod(ns).items
     assert redis_client.xlen(keys.dead) == 0
 
-    core.patch_namespaced_resource_quota(ns, "pods", {"spec": {"hard": {"pods": "100"}}})
+    core.patch_namespaced_resource_quota("pods", ns, {"spec": {"hard": {"pods": "100"}}})
     prime("100", "1")
     finals = driver.run_until([w.ti.key for w in work], timeout=TIMEOUT)
     assert set(finals.values()) == {"success"}
@@ -343,7 +348,7 @@ def test_429_storm_is_retried_and_every_task_succeeds_once(
     # a budget that outlasts a few Retry-After: 1 rounds, so the storm is ridden out by retries
     components.start("launcher", settings, kubeconfig, consumer_name=name, retry_budget_seconds="10",
                      reclaim_idle_seconds="20", health_ttl_seconds="3")
-    components.start("watcher", settings, cluster.kubeconfig("watcher"))
+    components.start("watcher", settings, cluster.kubeconfig("watcher"), **WATCHER)
     fault_proxy.fail_next(15, status=429, retry_after="1", only_method="POST", path_contains="/pods")
 
     driver = Driver(make_executor())
