@@ -17,12 +17,11 @@ from typing import Any
 
 import yaml
 
-from kubestream.taskkey import TaskKey
+from kubestream.taskkey import MANAGED_LABEL, TaskKey
 
 __all__ = ["PodSpecError", "build_pod", "load_template_yaml", "merge_pods", "safe_label_value",
            "task_annotations", "task_labels"]
 
-from kubestream.taskkey import MANAGED_LABEL  # noqa: E402 - one definition, shared with the watcher
 BASE_CONTAINER = "base"
 EXECUTE_WORKLOAD = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string"]
 
