@@ -37,11 +37,17 @@ def wait_for(condition: Callable[[], object], *, timeout: float, interval: float
 
 def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own session (so a Ctrl-C of the caller does not reach it)."""
+    return spawn_as(argv, log_path, env=env)
+
+
+def spawn_as(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, *,
+             uid: int | None = None, gid: int | None = None, cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """``spawn``, optionally as another user (servers that refuse to run as root)."""
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
     try:
         return subprocess.Popen(
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
+            start_new_session=True, env=env, user=uid, group=gid, cwd=cwd or ("/" if uid is not None else None),
         )
     finally:
         log.close()

@@ -1,8 +1,9 @@
 """Bad input and hostile API answers against real servers: Redis, the local kube-apiserver, the
 simulated kubelet, launcher and watcher processes started through the CLI.
 
-Each test also runs a normal task (no sim rule: the kubelet's default "succeed") that must end
-"success": one bad message or one refused pod never hurts unrelated tasks.
+Each test also runs normal tasks (no sim rule: the kubelet's default "succeed") that must end
+"success": one bad message or one refused pod never hurts unrelated tasks (in the quota and 429
+tests every task is a normal one, held back by the API until it relents).
 
 - garbage on a launch stream is dead-lettered, the launcher keeps serving;
 - a message of an unknown schema version is dead-lettered and its task (the key could be read)
