@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from kubestream.executor import KubeStreamExecutor
 from kubestream.localcluster.procs import stop_pid, wait_for
 from kubestream.settings import FIELDS, Settings
 
@@ -115,3 +116,12 @@ class Driver:
 
         wait_for(done, timeout=timeout, interval=0.05, what=what)
         return self.finals()
+
+
+
+class DbStandIn(KubeStreamExecutor):
+    """The executor, with the Airflow DB answering 'success' for tasks whose pod succeeded
+    (the integration tests run no scheduler that would write it; the e2e tests do)."""
+
+    def task_states_from_db(self, keys):
+        return {k: "success" for k in keys}

@@ -63,11 +63,14 @@ class Watcher:
         self.stopping = threading.Event()
         self.leading = False
         self._deleter = ThreadPoolExecutor(8, thread_name_prefix="delete")
+        self._watches: list[NamespaceWatch] = []
         self.heartbeat = Heartbeat(redis_client, self.keys.health("watcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"leader": "1" if self.leading else "0"})
 
     def stop(self) -> None:
         self.stopping.set()
+        for watch in list(self._watches):
+            watch.interrupt()
 
     def run(self) -> None:
         """Hold the lease (or stand by) and watch every namespace until stopped."""
@@ -95,8 +98,8 @@ class Watcher:
     def _lead(self) -> None:
         term = threading.Event()
         log.info("leading: watching %s", ",".join(self.settings.namespaces_to_watch()))
-        threads = [threading.Thread(target=NamespaceWatch(self, ns, term).run, name=f"watch-{ns}", daemon=True)
-                   for ns in self.settings.namespaces_to_watch()]
+        self._watches = [NamespaceWatch(self, ns, term) for ns in self.settings.namespaces_to_watch()]
+        threads = [threading.Thread(target=w.run, name=f"watch-{w.ns}", daemon=True) for w in self._watches]
         for t in threads:
             t.start()
         while not self.stopping.wait(self.settings.lease_seconds / 3):
@@ -104,6 +107,8 @@ class Watcher:
                 log.warning("lost the watcher lease; standing by")
                 break
         term.set()
+        for w in self._watches:
+            w.interrupt()
         for t in threads:
             t.join(timeout=self.settings.watch_timeout_seconds + 15)
 
@@ -167,6 +172,16 @@ class NamespaceWatch:
         self.w, self.ns, self.term = watcher, namespace, term
         self.rv_key = watcher.keys.resource_version(namespace)
         self._last_checkpoint = 0.0
+        self._resp: Any = None
+
+    def interrupt(self) -> None:
+        """Unblock a watch waiting for the next event (stop, lost lease)."""
+        resp = self._resp
+        if resp is not None:
+            try:
+                resp.shutdown()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
 
     def _stopped(self) -> bool:
         return self.term.is_set() or self.w.stopping.is_set()
@@ -220,6 +235,9 @@ class NamespaceWatch:
             if exc.status == 410:
                 raise Gone() from None
             raise
+        self._resp = resp
+        if self._stopped():
+            self.interrupt()
         try:
             for line in _lines(resp):
                 if self._stopped():
@@ -234,7 +252,12 @@ class NamespaceWatch:
                     self.w.handle(obj, etype)
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
                 self.checkpoint(rv, force=etype == "BOOKMARK")
+        except Exception:
+            if self._stopped():
+                return rv  # interrupted on purpose
+            raise
         finally:
+            self._resp = None
             resp.release_conn()
         self.checkpoint(rv, force=True)
         return rv

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
-from kubernetes import client as k8s
 
 from kubestream.localcluster.procs import wait_for
 

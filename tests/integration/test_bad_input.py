@@ -27,7 +27,6 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from kubestream.executor import KubeStreamExecutor
 from kubestream.executor.dispatch import task_key
 from kubestream.keys import LAUNCH_GROUP
 from kubestream.localcluster.faultproxy import HttpFaultProxy
@@ -35,48 +34,11 @@ from kubestream.localcluster.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
-from tests.helpers import Components, Driver, airflow_env, workload
+from tests.helpers import Components, Driver, workload
 
 pytestmark = pytest.mark.cluster
 
 TIMEOUT = 90
-# The watcher only notices SIGTERM between watch events (watcher.py: the watch thread blocks in
-# the response stream, _lead joins it for up to watch_timeout_seconds + 15 s), so on a quiet
-# namespace the fixtures' stop_pid has to SIGKILL it after 15 s. A short server-side watch
-# timeout keeps teardown fast; renewing the watch from the checkpoint is a normal path anyway.
-WATCHER = {"watch_timeout_seconds": "3"}
-
-
-class DbStandIn(KubeStreamExecutor):
-    """The executor, with the Airflow DB answering 'success' for tasks whose pod succeeded."""
-
-    def task_states_from_db(self, keys):
-        return {k: "success" for k in keys}
-
-
-@pytest.fixture
-def components(tmp_path: Path):
-    comps = Components(tmp_path)
-    yield comps
-    comps.stop_all()
-
-
-@pytest.fixture
-def make_executor(settings, monkeypatch):
-    started = []
-
-    def make(**overrides) -> DbStandIn:
-        for name, value in {**airflow_env(settings), **{f"AIRFLOW__KUBESTREAM__{k.upper()}": v
-                                                         for k, v in overrides.items()}}.items():
-            monkeypatch.setenv(name, value)
-        ex = DbStandIn()
-        ex.start()
-        started.append(ex)
-        return ex
-
-    yield make
-    for ex in started:
-        ex.terminate()
 
 
 @pytest.fixture
@@ -126,7 +88,7 @@ def pod_exists(core: k8s.CoreV1Api, namespace: str, name: str) -> bool:
 
 def start_pipeline(components: Components, settings, cluster, **launcher_overrides: str):
     launcher = components.start("launcher", settings, cluster.kubeconfig("launcher"), **launcher_overrides)
-    components.start("watcher", settings, cluster.kubeconfig("watcher"), **WATCHER)
+    components.start("watcher", settings, cluster.kubeconfig("watcher"))
     return launcher
 
 
@@ -349,7 +311,7 @@ def test_429_storm_is_retried_and_every_task_succeeds_once(
     # a budget that outlasts a few Retry-After: 1 rounds, so the storm is ridden out by retries
     components.start("launcher", settings, kubeconfig, consumer_name=name, retry_budget_seconds="10",
                      reclaim_idle_seconds="20", health_ttl_seconds="3")
-    components.start("watcher", settings, cluster.kubeconfig("watcher"), **WATCHER)
+    components.start("watcher", settings, cluster.kubeconfig("watcher"))
     fault_proxy.fail_next(15, status=429, retry_after="1", only_method="POST", path_contains="/pods")
 
     driver = Driver(make_executor())

@@ -12,7 +12,7 @@ from kubestream.keys import LAUNCH_GROUP
 from kubestream.localcluster.procs import free_port, wait_for
 from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode
 from tests.helpers import Driver, sim, workload
-from tests.integration.test_pipeline import DbStandIn, components, make_executor  # noqa: F401 - fixtures
+from tests.helpers import DbStandIn
 
 
 def _ti(w):
@@ -82,7 +82,7 @@ def test_v1pod_override_and_template_file_are_shipped(tmp_path) -> None:
     assert tpl["spec"]["containers"][0]["image"] == "custom:1"
 
 
-def test_adoption_moves_ownership_and_later_events(settings, cluster, kubelet, components, make_executor,  # noqa: F811
+def test_adoption_moves_ownership_and_later_events(settings, cluster, kubelet, components, make_executor,
                                                    redis_client, keys) -> None:
     old = Driver(make_executor())
     work = [workload("adopt", f"t{i}", executor_config=sim("run:delay=2")) for i in range(10)]
@@ -100,7 +100,7 @@ def test_adoption_moves_ownership_and_later_events(settings, cluster, kubelet, c
     assert redis_client.hget(keys.task(task_key(work[0].ti.key).pod_name()), "owner") == b"sched-b"
 
 
-def test_revoke_is_recorded_first_and_the_pod_removed(settings, cluster, kubelet, components, make_executor,  # noqa: F811
+def test_revoke_is_recorded_first_and_the_pod_removed(settings, cluster, kubelet, components, make_executor,
                                                       redis_client, keys, admin_api) -> None:
     ex = make_executor()
     running = workload("revoke", "running", executor_config=sim("run"))

@@ -11,50 +11,16 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
 
-from kubestream.executor import KubeStreamExecutor
 from kubestream.keys import LAUNCH_GROUP
 from kubestream.localcluster.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
-from tests.helpers import Components, Driver, airflow_env, sim, workload
+from tests.helpers import Driver, sim, workload
 
 pytestmark = pytest.mark.cluster
-
-
-class DbStandIn(KubeStreamExecutor):
-    """The executor, with the Airflow DB answering 'success' for tasks whose pod succeeded."""
-
-    def task_states_from_db(self, keys):
-        return {k: "success" for k in keys}
-
-
-@pytest.fixture
-def components(tmp_path: Path):
-    comps = Components(tmp_path)
-    yield comps
-    comps.stop_all()
-
-
-@pytest.fixture
-def make_executor(settings, monkeypatch):
-    started = []
-
-    def make(**overrides) -> DbStandIn:
-        for name, value in {**airflow_env(settings), **{f"AIRFLOW__KUBESTREAM__{k.upper()}": v
-                                                         for k, v in overrides.items()}}.items():
-            monkeypatch.setenv(name, value)
-        ex = DbStandIn()
-        ex.start()
-        started.append(ex)
-        return ex
-
-    yield make
-    for ex in started:
-        ex.terminate()
 
 
 def results_per_key(redis_client, stream: str) -> Counter:
