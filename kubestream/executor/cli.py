@@ -5,10 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 
+def _settings_to_env() -> None:
+    """Under ``airflow kubestream``, settings come from Airflow's ``[kubestream]`` section
+    (config file or AIRFLOW__KUBESTREAM__*); an explicit KUBESTREAM_* variable still wins."""
+    import os
+
+    from airflow.configuration import conf
+
+    from kubestream.settings import ENV_PREFIX, FIELDS
+
+    for f in FIELDS:
+        value = conf.get("kubestream", f.name, fallback=None)
+        if value is not None:
+            os.environ.setdefault(f"{ENV_PREFIX}{f.name.upper()}", str(value))
+
+
 def _run(argv_prefix: list[str]) -> Any:
     def func(args: Any) -> None:
         from kubestream.cli import main
 
+        _settings_to_env()
         argv = list(argv_prefix)
         if getattr(args, "check", False):
             argv.append("--check")

@@ -24,6 +24,7 @@ from kubestream.messages import FIELD, RevokeTask, encode
 from kubestream.redisconn import connect
 from kubestream.settings import AIRFLOW_SECTION, FIELDS, Settings
 from kubestream.store import TaskStore
+from kubestream.taskkey import TaskKey
 
 
 class KubeStreamExecutor(BaseExecutor):
@@ -196,6 +197,28 @@ class KubeStreamExecutor(BaseExecutor):
             self.redis.xadd(self.keys.launch(queue), {FIELD: encode(revoke)})
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
+
+    def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
+        """What kubestream knows of the task's pod, from Redis (the scheduler and API server
+        have no Kubernetes access): pod, namespace, owner and last state with its reason.
+
+        Airflow calls this for RUNNING tasks, on executors it never started (the API server),
+        so it connects on demand. The task's own log lines come from Airflow's log handler
+        (a shared volume or remote logging), as with any executor whose workers are remote.
+        """
+        key = TaskKey(ti.dag_id, ti.task_id, ti.run_id, int(try_number), int(ti.map_index))
+        try:
+            settings = self.settings or self.load_settings()
+            client = self.redis or connect(settings, role="executor")
+            record = TaskStore(client, Keys(settings.key_prefix), settings).record(key.pod_name())
+        except (redis.RedisError, ValueError) as exc:
+            return [f"kubestream: task record unavailable ({exc})"], []
+        if not record:
+            return [f"kubestream: no record of pod {key.pod_name()} (not dispatched, or expired)"], []
+        state = record.get("state") or "queued (no pod event yet)"
+        reason = f": {record['reason']}" if record.get("reason") else ""
+        return [f"kubestream: pod {key.pod_name()} in namespace {record.get('namespace', '?')}, "
+                f"owner {record.get('owner', '?')}, last state {state}{reason}"], []
 
     @staticmethod
     def get_cli_commands() -> list[Any]:

@@ -14,6 +14,7 @@ from kubestream.localcluster.airflowstack import AirflowStack
 from kubestream.localcluster.kubeclient import api_client
 from kubestream.localcluster.kubelet import SimKubelet
 from kubestream.localcluster.postgres import PostgresServer
+from kubestream.localcluster.procs import wait_for
 from kubestream.settings import Settings
 from tests.helpers import Components
 
@@ -35,9 +36,26 @@ class E2E:
         self.namespace, self.cluster, self.kubelet = namespace, cluster, kubelet
 
     def start_workers(self, launchers: int = 2) -> None:
+        if self.components.procs:
+            return
         for _ in range(launchers):
             self.components.start("launcher", self.settings, self.cluster.kubeconfig("launcher"))
         self.components.start("watcher", self.settings, self.cluster.kubeconfig("watcher"))
+
+    def ensure_scheduler(self, name: str = "scheduler") -> None:
+        proc = self.stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            self.stack.start_scheduler(name)
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        wait_for(lambda: self.stack.run_state(dag_id, run_id) in ("success", "failed"), timeout=timeout,
+                 interval=1, what=f"dag run {dag_id}/{run_id} to finish")
+        return self.stack.run_state(dag_id, run_id)
+
+    def run_dag(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        self.stack.wait_dag_parsed(dag_id)
+        self.stack.trigger(dag_id, run_id)
+        return self.wait_run(dag_id, run_id, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +70,8 @@ def e2e(request, postgres, redis_server, cluster, local_cluster, tmp_path_factor
     marker = request.node.get_closest_marker("airflow_config")
     extra = marker.kwargs if marker else {}
     stack = AirflowStack(work / "airflow", DAGS, postgres.url.rsplit("/", 1)[0] + "/" + db, kubestream, extra=extra)
-    settings = Settings.from_mapping({**kubestream, "reclaim_idle_seconds": "10", "retry_budget_seconds": "5"})
+    settings = Settings.from_mapping({**kubestream, "reclaim_idle_seconds": "10", "retry_budget_seconds": "5",
+                                      "delete_worker_pods": "false"})
     components = Components(work)
     kubelet = SimKubelet(api_client(cluster.kubeconfig("kubelet")), node_name=f"node-{namespace}", mode="process",
                          namespaces=[namespace], work_dir=work / "pods", extra_env=stack.task_env()).start()
