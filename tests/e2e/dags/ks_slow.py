@@ -15,7 +15,7 @@ def ks_slow():
         time.sleep(seconds)
         return seconds
 
-    sleeper.expand(seconds=[20, 20, 20])
+    sleeper.expand(seconds=[30, 30, 30, 30])
 
 
 ks_slow()
