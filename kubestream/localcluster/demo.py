@@ -1,12 +1,12 @@
-"""The local demo: the whole kubestream pipeline on this machine, then a summary.
+"""The local demo: a real Airflow running kubestream on this machine, end to end.
 
-Starts a redis-server, the local kube-apiserver + etcd, the simulated kubelet,
-two launcher processes and the watcher (through the real ``kubestream`` CLI),
-then plays the scheduler's part through kubestream's own dispatch path
-(task records + LaunchTask messages in one MULTI/EXEC, results read from the
-scheduler's result stream) for a batch of tasks with mixed outcomes, shows
-progress and prints a summary. Everything it started is stopped on exit,
-Ctrl-C included.
+Brings up PostgreSQL, Redis, the local kube-apiserver + etcd, the simulated
+kubelet in process mode (each pod's command really runs), two launchers and
+the watcher, and Airflow (api-server, dag-processor, scheduler) with
+``KubeStreamExecutor``; triggers the ``kubestream_demo`` DAG, shows progress,
+prints where the UI is and a summary, and stops everything it started (also on
+Ctrl-C). ``--keep`` leaves it running for the UI until Ctrl-C; ``--down``
+stops a demo left running by a terminal that went away.
 """
 
 from __future__ import annotations
@@ -14,137 +14,169 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from kubestream.keys import RESULTS_GROUP, Keys
+from kubernetes import client as k8s
+
+from kubestream.localcluster.airflowstack import AirflowStack
 from kubestream.localcluster.cluster import LocalCluster
 from kubestream.localcluster.kubeclient import api_client
 from kubestream.localcluster.kubelet import SimKubelet
-from kubestream.localcluster.procs import stop_pid
+from kubestream.localcluster.postgres import PostgresServer
+from kubestream.localcluster.procs import spawn, stop_pid, wait_for
 from kubestream.localcluster.redisserver import RedisServer
-from kubestream.messages import FIELD, LaunchTask, TaskState, decode, encode
-from kubestream.redisconn import connect
-from kubestream.settings import Settings
-from kubestream.store import TaskStore
-from kubestream.taskkey import TaskKey
 
-RULES = [("succeed", 6), ("run:delay=2", 2), ("exit:3", 1), ("errimagepull", 1)]
+DAG_ID = "kubestream_demo"
+NAMESPACE = "kubestream-demo"
+STATE_DIR = Path(tempfile.gettempdir()) / f"kubestream-demo-{os.getuid()}"
 
 
-def _rule(i: int) -> str:
-    cycle = [rule for rule, weight in RULES for _ in range(weight)]
-    return cycle[i % len(cycle)]
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+class Demo:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.pids: list[int] = []
+        self.postgres = PostgresServer(data_dir=work / "postgres")
+        self.redis = RedisServer(data_dir=work / "redis")
+        self.cluster = LocalCluster(work / "cluster")
+        self.kubelet: SimKubelet | None = None
+        self.stack: AirflowStack | None = None
+
+    def _record(self, pid: int) -> None:
+        self.pids.append(pid)
+        (self.work / "pids.json").write_text(json.dumps(self.pids))
+
+    def up(self) -> AirflowStack:
+        _say(f"state and logs in {self.work}")
+        self.postgres.start()
+        self._record(self.postgres.pid)
+        self.redis.start()
+        self._record(self.redis.pid)
+        _say("starting the local Kubernetes control plane (etcd + kube-apiserver)")
+        state = self.cluster.up((NAMESPACE,))
+        dags = Path(__file__).with_name("demo_dags")
+        stack = self.stack = AirflowStack(self.work / "airflow", dags, self.postgres.url, {
+            "redis_url": self.redis.url, "namespace": NAMESPACE},
+            extra={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"})
+        self.kubelet = SimKubelet(api_client(state.kubeconfig("kubelet")), node_name="demo-node", mode="process",
+                                  namespaces=[NAMESPACE], work_dir=self.work / "pods",
+                                  extra_env=stack.task_env()).start()
+        env = {**os.environ, "KUBESTREAM_REDIS_URL": self.redis.url, "KUBESTREAM_NAMESPACE": NAMESPACE}
+        for name, identity in (("launcher-1", "launcher"), ("launcher-2", "launcher"), ("watcher", "watcher")):
+            proc = spawn([sys.executable, "-m", "kubestream.cli", identity],
+                         self.work / f"{name}.log", env={**env, "KUBESTREAM_KUBE_CONFIG": state.kubeconfig(identity),
+                                                         "KUBESTREAM_CONSUMER_NAME": name})
+            self._record(proc.pid)
+        _say("2 launchers and the watcher are running; migrating the Airflow database")
+        stack.migrate()
+        stack.start_api_server()
+        stack.start_dag_processor()
+        stack.start_scheduler()
+        for proc in stack.procs.values():
+            self._record(proc.pid)
+        _say(f"Airflow UI: {stack.env['AIRFLOW__API__BASE_URL']} (no login needed)")
+        _say(f"kubectl --kubeconfig {state.kubeconfig('admin')} get pods -n {NAMESPACE}")
+        return stack
+
+    def down(self) -> None:
+        _say("stopping everything the demo started")
+        if self.stack is not None:
+            self.stack.stop()
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        for pid in reversed(self.pids):
+            stop_pid(pid, timeout=15)
+        self.cluster.down()
+        self.redis.stop()
+        self.postgres.stop()
+
+
+def run(stack: AirflowStack, timeout: float, admin_kubeconfig: str) -> int:
+    stack.wait_dag_parsed(DAG_ID)
+    run_id = time.strftime("demo__%Y-%m-%dT%H:%M:%S")
+    started = time.monotonic()
+    stack.trigger(DAG_ID, run_id)
+    _say(f"triggered {DAG_ID} run {run_id}")
+    last = ""
+
+    def finished() -> bool:
+        nonlocal last
+        states = stack.task_states(DAG_ID, run_id)
+        line = ", ".join(f"{s or 'none'}: {n}" for s, n in sorted(Counter(v["state"] for v in states.values()).items(),
+                                                                 key=lambda x: str(x[0])))
+        if line != last:
+            _say(f"{time.monotonic() - started:5.1f}s  {len(states)} task instances  {line}")
+            last = line
+        return stack.run_state(DAG_ID, run_id) in ("success", "failed")
+
+    wait_for(finished, timeout=timeout, interval=1, what=f"the {DAG_ID} run")
+    elapsed = time.monotonic() - started
+    states = stack.task_states(DAG_ID, run_id)
+    pods = k8s.CoreV1Api(api_client(admin_kubeconfig)).list_namespaced_pod(NAMESPACE).items
+    result = stack.run_state(DAG_ID, run_id)
+    print(flush=True)
+    phases = Counter(p.status.phase for p in pods)
+    _say(f"summary: DAG run {result} in {elapsed:.1f}s; {len(states)} task instances, one pod each; "
+         f"pods not yet deleted by the watcher: {dict(phases) or 'none'}")
+    for (task_id, map_index), v in sorted(states.items()):
+        label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
+        _say(f"  {label:<16} {v['state']:<10} try {v['try_number']}")
+    return 0 if result == "success" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubestream-demo")
-    parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--timeout", type=float, default=300)
+    parser = argparse.ArgumentParser(prog="kubestream-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep everything running after the run (Ctrl-C stops)")
+    parser.add_argument("--down", action="store_true", help="stop a demo left running")
+    parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="kubestream-demo-"))
-    redis_server = RedisServer(data_dir=work / "redis")
-    cluster = LocalCluster(work / "cluster")
-    procs: list[subprocess.Popen[bytes]] = []
-    kubelet = None
+    if args.down:
+        return _down_leftover()
+    if (STATE_DIR / "pids.json").exists():
+        _down_leftover()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    demo = Demo(STATE_DIR)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(f"[demo] starting redis-server and the local cluster (state in {work})", flush=True)
-        redis_server.start()
-        state = cluster.up(("kubestream-demo",))
-        print(f"[demo] kube-apiserver {state.host}; try: kubectl --kubeconfig {state.kubeconfig('admin')} "
-              f"get pods -n kubestream-demo", flush=True)
-        kubelet = SimKubelet(api_client(state.kubeconfig("kubelet")), node_name="demo-node",
-                             namespaces=["kubestream-demo"]).start()
-        settings = Settings.from_mapping({"redis_url": redis_server.url, "namespace": "kubestream-demo",
-                                          "scheduler_id": "demo-scheduler", "key_prefix": "kubestream"})
-        env = {**os.environ, "KUBESTREAM_REDIS_URL": redis_server.url, "KUBESTREAM_NAMESPACE": "kubestream-demo"}
-        for name, kind, identity in (("launcher-1", "launcher", "launcher"), ("launcher-2", "launcher", "launcher"),
-                                     ("watcher", "watcher", "watcher")):
-            log = open(work / f"{name}.log", "ab")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "kubestream.cli", kind],
-                env={**env, "KUBESTREAM_KUBE_CONFIG": state.kubeconfig(identity), "KUBESTREAM_CONSUMER_NAME": name},
-                stdout=log, stderr=subprocess.STDOUT))
-            log.close()
-        print(f"[demo] 2 launchers and the watcher running (logs in {work})", flush=True)
-        return _run(settings, args.tasks, args.timeout, work)
+        stack = demo.up()
+        code = run(stack, args.timeout, demo.cluster.load().kubeconfig("admin"))
+        if args.keep:
+            _say("running until Ctrl-C (or `./scripts/demo --down` from another terminal)")
+            signal.pause()
+        return code
     except KeyboardInterrupt:
-        print("\n[demo] interrupted", flush=True)
+        print(flush=True)
+        _say("interrupted")
         return 130
     finally:
-        print("[demo] stopping everything it started", flush=True)
-        for proc in procs:
-            stop_pid(proc.pid, timeout=15)
-        if kubelet is not None:
-            kubelet.stop()
-        cluster.down()
-        redis_server.stop()
+        demo.down()
+        (STATE_DIR / "pids.json").unlink(missing_ok=True)
 
 
-def _run(settings: Settings, count: int, timeout: float, work: Path) -> int:
-    client = connect(settings)
-    keys = Keys(settings.key_prefix)
-    store = TaskStore(client, keys, settings)
-    stream = keys.results(settings.scheduler_id)
-    client.xgroup_create(stream, RESULTS_GROUP, id="0", mkstream=True)
-    run_id = time.strftime("demo__%Y%m%dT%H%M%S")
-    tasks = {}
-    pipe = client.pipeline(transaction=True)
-    for i in range(count):
-        key = TaskKey("kubestream_demo", f"task_{i:03d}", run_id, 1)
-        msg = LaunchTask(key=key, queue="default", scheduler_id=settings.scheduler_id, workload_json="{}",
-                         pod_override={"metadata": {"annotations": {"kubestream.io/sim": _rule(i)}}},
-                         queued_at=time.time())
-        tasks[key] = _rule(i)
-        store.dispatch(pipe, key, owner=settings.scheduler_id, queue="default", namespace=settings.namespace,
-                       dispatch="")
-        pipe.xadd(keys.launch("default"), {FIELD: encode(msg)})
-    started = time.monotonic()
-    pipe.execute()
-    print(f"[demo] dispatched {count} tasks in one round trip ({(time.monotonic() - started) * 1000:.1f} ms)",
-          flush=True)
-    final: dict[TaskKey, tuple[TaskState, str]] = {}
-    seen_running: set[TaskKey] = set()
-    last_print = 0.0
-    while len(final) < count and time.monotonic() - started < timeout:
-        reply = client.xreadgroup(RESULTS_GROUP, "demo", {stream: ">"}, count=1000, block=500)
-        for _, entries in reply or []:
-            for eid, fields in entries:
-                event = decode(fields[FIELD])
-                if event.state is TaskState.RUNNING:
-                    seen_running.add(event.key)
-                elif event.state.final:
-                    final[event.key] = (event.state, event.reason)
-                client.xack(stream, RESULTS_GROUP, eid)
-        if time.monotonic() - last_print >= 1:
-            last_print = time.monotonic()
-            states = Counter(s.value for s, _ in final.values())
-            print(f"[demo] {time.monotonic() - started:5.1f}s  finished {len(final):4d}/{count}  "
-                  f"seen running {len(seen_running):4d}  {dict(states)}", flush=True)
-    elapsed = time.monotonic() - started
-    by_rule = Counter((tasks[k], s.value) for k, (s, _) in final.items())
-    print("\n[demo] summary", flush=True)
-    print(f"  tasks: {count}, finished: {len(final)}, time: {elapsed:.1f}s, "
-          f"throughput: {len(final) / elapsed:.0f} tasks/s", flush=True)
-    for (rule, state), n in sorted(by_rule.items()):
-        print(f"  {rule:<16} -> {state:<10} x{n}", flush=True)
-    sample = next((f"{k}: {r}" for k, (s, r) in final.items() if s is TaskState.FAILED), None)
-    if sample:
-        print(f"  a failure reason: {sample}", flush=True)
-    expected_failed = {"exit:3", "errimagepull"}
-    wrong = [k for k, (s, _) in final.items() if (s is TaskState.FAILED) != (tasks[k] in expected_failed)]
-    status = subprocess.run([sys.executable, "-m", "kubestream.cli", "status"], capture_output=True, text=True,
-                            env={**os.environ, "KUBESTREAM_REDIS_URL": settings.redis_url})
-    print("\n" + status.stdout, flush=True)
-    (work / "summary.json").write_text(json.dumps({"tasks": count, "finished": len(final), "seconds": elapsed}))
-    if len(final) < count or wrong:
-        print(f"[demo] FAILED: {count - len(final)} unfinished, {len(wrong)} in the wrong state", flush=True)
-        return 1
-    print("[demo] every task reached the state its rule says", flush=True)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _down_leftover() -> int:
+    pids_file = STATE_DIR / "pids.json"
+    pids = json.loads(pids_file.read_text()) if pids_file.exists() else []
+    for pid in reversed(pids):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        stop_pid(pid, timeout=15)
+    LocalCluster(STATE_DIR / "cluster").down()
+    pids_file.unlink(missing_ok=True)
+    _say(f"stopped {len(pids)} leftover processes and the local cluster")
     return 0
 
 
