@@ -173,8 +173,15 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import redis
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except redis.ConnectionError as exc:
+        print(f"kubestream: cannot reach Redis ({os.environ.get('KUBESTREAM_REDIS_URL', 'default URL')}): {exc}",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -94,15 +94,24 @@ class Launcher:
         self.heartbeat.start()
         started = time.monotonic()
         last_reclaim = 0.0
+        outage = 0
         try:
             self._dispatch(self._own_pending())
             while not self.stopping.is_set():
-                if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
-                    self._dispatch(self._reclaim())
-                    last_reclaim = time.monotonic()
-                got = self._dispatch(self._read_new())
-                if until_idle and not got and self._idle():
-                    break
+                try:
+                    if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
+                        self._dispatch(self._reclaim())
+                        last_reclaim = time.monotonic()
+                    got = self._dispatch(self._read_new())
+                    if until_idle and not got and self._idle():
+                        break
+                    outage = 0
+                except redis.RedisError as exc:  # ride out a Redis outage; nothing is lost meanwhile
+                    delay = backoff_delay(outage, base=0.5, cap=10.0)
+                    outage += 1
+                    self.metrics.inc("redis_errors_total")
+                    log.warning("Redis error (%s), retrying in %.1fs", exc, delay)
+                    self.stopping.wait(delay)
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
         finally:

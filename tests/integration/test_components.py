@@ -1,0 +1,106 @@
+"""Launcher, watcher and shared mechanisms as processes and against real servers: SIGTERM,
+the watcher lease, the shared rate limit, health checks and `kubestream status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from kubestream.keys import LAUNCH_GROUP
+from kubestream.localcluster.procs import wait_for
+from kubestream.ratelimit import RateLimiter
+from kubestream.watcher.lease import Lease
+from tests.helpers import Driver, settings_env, sim, workload
+
+pytestmark = pytest.mark.cluster
+
+
+def test_sigterm_finishes_in_flight_creates_and_leaves_the_rest_pending(settings, cluster, kubelet, components,
+                                                                         make_executor, redis_client, keys) -> None:
+    slow = components.start("launcher", settings, cluster.kubeconfig("launcher"), launch_concurrency="2",
+                            create_rate="2", create_burst="1")
+    components.start("watcher", settings, cluster.kubeconfig("watcher"))
+    driver = Driver(make_executor())
+    work = [workload("term", f"t{i:02d}") for i in range(30)]
+    driver.submit(work)
+    stream = keys.launch("default")
+    wait_for(lambda: redis_client.xlen(stream) <= 27, timeout=60, what="a few pods created")
+    slow.send_signal(signal.SIGTERM)
+    assert slow.wait(timeout=30) == 0  # a clean exit
+    left = redis_client.xlen(stream)
+    assert left > 0  # it did not drain the stream before leaving
+    assert redis_client.exists(keys.health("launcher", "launcher-0")) == 0  # deregistered
+    components.start("launcher", settings, cluster.kubeconfig("launcher"))
+    finals = driver.run_until([w.ti.key for w in work], timeout=120)
+    assert set(finals.values()) == {"success"} and set(driver.final_counts().values()) == {1}
+    assert redis_client.xpending(stream, LAUNCH_GROUP)["pending"] == 0
+
+
+def test_a_standby_watcher_takes_over_when_the_leader_dies(settings, cluster, kubelet, components, make_executor,
+                                                           redis_client, keys) -> None:
+    components.start("launcher", settings, cluster.kubeconfig("launcher"))
+    leader = components.start("watcher", settings, cluster.kubeconfig("watcher"), lease_seconds="3")
+    wait_for(lambda: redis_client.get(keys.watcher_lease) == b"watcher-1", timeout=30, what="the first leader")
+    components.start("watcher", settings, cluster.kubeconfig("watcher"), lease_seconds="3")
+    driver = Driver(make_executor())
+    first = [workload("lease", f"a{i}") for i in range(5)]
+    driver.submit(first)
+    driver.run_until([w.ti.key for w in first], timeout=60)
+    os.kill(leader.pid, signal.SIGKILL)
+    wait_for(lambda: redis_client.get(keys.watcher_lease) == b"watcher-2", timeout=30, what="the standby to lead")
+    second = [workload("lease", f"b{i}", executor_config=sim("succeed:delay=0.5")) for i in range(5)]
+    driver.submit(second)
+    finals = driver.run_until([w.ti.key for w in first + second], timeout=60)
+    assert set(finals.values()) == {"success"} and set(driver.final_counts().values()) == {1}
+
+
+def test_lease_is_held_by_one_holder_at_a_time(redis_client, keys) -> None:
+    a = Lease(redis_client, keys.watcher_lease, "a", 5)
+    b = Lease(redis_client, keys.watcher_lease, "b", 5)
+    assert a.acquire_or_renew() and not b.acquire_or_renew()
+    assert a.acquire_or_renew()  # renewal by the holder
+    b.release()  # not the holder: no effect
+    assert a.holder_now() == "a"
+    a.release()
+    assert b.acquire_or_renew() and b.holder_now() == "b"
+
+
+def test_rate_limiter_is_shared_through_redis(redis_client, keys) -> None:
+    one = RateLimiter(redis_client, keys.rate_limit, rate=0.5, burst=2)
+    other = RateLimiter(redis_client, keys.rate_limit, rate=0.5, burst=2)
+    take = one._take
+    assert int(take(keys=[keys.rate_limit], args=[0.5, 2, 1])) == 0
+    assert int(other._take(keys=[keys.rate_limit], args=[0.5, 2, 1])) == 0
+    wait_ms = int(take(keys=[keys.rate_limit], args=[0.5, 2, 1]))
+    assert wait_ms > 1000  # the burst is spent by both limiters together: the next token is ~2 s away
+    assert RateLimiter(redis_client, keys.rate_limit, rate=0, burst=1).acquire()  # rate 0: unlimited
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubestream.cli", *args], env=settings_env(settings),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_status_and_wrong_settings_through_the_cli(settings, cluster, components, redis_client, keys) -> None:
+    assert _cli(settings, "launcher", "--check").returncode == 1  # nothing running yet
+    components.start("launcher", settings, cluster.kubeconfig("launcher"), consumer_name="")
+    wait_for(lambda: _cli(settings, "launcher", "--check").returncode == 0, timeout=30, what="a healthy launcher")
+    redis_client.xadd(keys.dead, {"reason": "decode: test", "task": "x", "m": b""})
+    report = json.loads(_cli(settings, "status", "--json").stdout)
+    assert [s["stream"] for s in report["launch_streams"]] == [keys.launch("default")]
+    assert report["launch_streams"][0]["groups"][0]["name"] == LAUNCH_GROUP
+    assert report["dead_letters"]["count"] == 1 and report["watcher_lease"] is None
+    table = _cli(settings, "status").stdout
+    assert keys.launch("default") in table and "dead letters: 1" in table
+    bad = subprocess.run([sys.executable, "-m", "kubestream.cli", "launcher"], capture_output=True, text=True,
+                         env={**settings_env(settings), "KUBESTREAM_LAUNCH_CONCURRENCY": "many"}, timeout=60)
+    assert bad.returncode == 2 and "KUBESTREAM_LAUNCH_CONCURRENCY='many'" in bad.stderr
+    unreachable = subprocess.run([sys.executable, "-m", "kubestream.cli", "status"], capture_output=True, text=True,
+                                 env={**settings_env(settings), "KUBESTREAM_REDIS_URL": "redis://127.0.0.1:1/0"},
+                                 timeout=120)
+    assert unreachable.returncode == 3 and "cannot reach Redis (redis://127.0.0.1:1/0)" in unreachable.stderr
