@@ -17,6 +17,14 @@ from kubestream.localcluster.procs import stop_pid, wait_for
 from kubestream.settings import FIELDS, Settings
 
 
+# Airflow settings that make a dead scheduler's tasks adoptable within seconds (e2e)
+FAST_ADOPTION = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "8",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "3",
+}
+
+
 def workload(dag_id: str, task_id: str, *, run_id: str = "run-1", try_number: int = 1, map_index: int = -1,
              queue: str = "default", executor_config: dict | None = None) -> Any:
     from airflow.executors.workloads import BundleInfo, ExecuteTask

@@ -149,7 +149,10 @@ class Watcher:
             result = self.store.publish(TaskStateChanged(
                 key=key, state=TaskState.FAILED, reason=f"pod deleted while {rec.get('state') or 'pending'}",
                 pod_name=pod, namespace=ns, at=time.time()))
-            log.warning("pod vanished while watcher was away: %s", result.detail, extra={"task": str(key), "pod": pod})
+            if not result.published:  # revoked, or final already: no longer live either way
+                self.redis.srem(self.keys.live, f"{ns}/{pod}")
+            log.warning("pod vanished while the watcher was away: %s", result.detail or "failed",
+                        extra={"task": str(key), "pod": pod})
 
     def _should_delete(self, state: TaskState) -> bool:
         if not self.settings.delete_worker_pods:

@@ -21,6 +21,7 @@ from tests.helpers import Components
 DAGS = Path(__file__).with_name("dags")
 
 
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     with PostgresServer() as pg:

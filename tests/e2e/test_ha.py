@@ -8,13 +8,12 @@ import signal
 import pytest
 
 from kubestream.localcluster.procs import wait_for
+from tests.helpers import FAST_ADOPTION
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.airflow_config(
-        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
-        AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="8",
-        AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="3",
+        **FAST_ADOPTION,
     ),
 ]
 

@@ -8,15 +8,14 @@ from kubernetes import client as k8s
 from kubestream.executor.dispatch import task_key
 from kubestream.keys import Keys
 from kubestream.localcluster.procs import wait_for
+from tests.helpers import FAST_ADOPTION
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey
 from kubestream.workers.podspec import build_pod
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.airflow_config(
-        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
-        AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="8",
-        AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="3",
+        **FAST_ADOPTION,
         AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="30",
         AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL="5",
         AIRFLOW__SCHEDULER__NUM_STUCK_IN_QUEUED_RETRIES="1",
