@@ -10,14 +10,22 @@ or the executor measured here. Prints figures and writes them to bench-results/p
 Compare ratios, not absolute times: this is a noisy 2-core machine.
 
     .venv/bin/python bench/pipeline.py [--latency-ms 0] [--pods 300] [--rounds 3] [--launchers 4]
-                                       [--concurrency 8] [--tasks 300] [--max-seconds 420]
+                                       [--concurrency 8] [--tasks 300] [--no-direct] [--max-seconds 420]
 
 Measurements:
 
-1. throughput: ``--rounds`` alternating rounds of ``--pods`` creates each, a raw official client
-   with launchers x concurrency threads vs ``--launchers`` ``kubestream launcher`` processes with
-   ``--concurrency`` creates in flight each, fed through Redis (no kubelet in those namespaces:
-   pods stay Pending, a create is all that is measured; the namespaces are emptied between rounds);
+1. throughput: ``--rounds`` rounds of ``--pods`` creates per side, the order rotating each round
+   (no kubelet in those namespaces: pods stay Pending, a create is all that is measured; the
+   namespaces are emptied between rounds), medians reported:
+   - ``raw``: the official client with launchers x concurrency threads, reading each (small)
+     response so that its connection is reused;
+   - ``raw_unread``: the same, leaving the response unread as the launcher does (every create
+     then opens a new connection): separates connection churn from everything else;
+   - ``kubestream``: ``--launchers`` ``kubestream launcher`` processes, ``--concurrency`` creates in
+     flight each, fed through Redis.
+   Then the same rounds again without the proxy (``direct_no_proxy``; skip with ``--no-direct``):
+   behind the proxy every request gets a new upstream TLS connection whatever the client does, so
+   only the direct rounds show what connection reuse is worth against the real apiserver;
 2. executor side: one ``_process_workloads`` batch of 2000 workloads and ``sync()`` applying 2000
    results (no Kubernetes involved; the Airflow DB lookup is a constant);
 3. completions: ``--tasks`` tasks dispatched through the real executor, created by the launchers,
@@ -51,18 +59,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubernetes import client as k8s  # noqa: E402
+from kubernetes import client as k8s
 
-from kubestream.keys import LAUNCH_GROUP, Keys  # noqa: E402
-from kubestream.localcluster.cluster import ClusterState, LocalCluster  # noqa: E402
-from kubestream.localcluster.kubeclient import api_client  # noqa: E402
-from kubestream.localcluster.procs import free_port, stop_pid  # noqa: E402
-from kubestream.localcluster.redisserver import RedisServer  # noqa: E402
-from kubestream.messages import TaskState, TaskStateChanged  # noqa: E402
-from kubestream.settings import FIELDS, Settings  # noqa: E402
-from kubestream.store import TaskStore  # noqa: E402
-from kubestream.taskkey import TaskKey  # noqa: E402
-from kubestream.workers.podspec import build_pod  # noqa: E402
+from kubestream.keys import LAUNCH_GROUP, Keys
+from kubestream.localcluster.cluster import ClusterState, LocalCluster
+from kubestream.localcluster.kubeclient import api_client
+from kubestream.localcluster.procs import free_port, stop_pid
+from kubestream.localcluster.redisserver import RedisServer
+from kubestream.messages import TaskState, TaskStateChanged
+from kubestream.settings import FIELDS, Settings
+from kubestream.store import TaskStore
+from kubestream.taskkey import TaskKey
+from kubestream.workers.podspec import build_pod
 
 NS_RAW, NS_KS, NS_DONE = "bench-raw", "bench-ks", "bench-done"
 POLL = 0.05  # sync() polling interval while no result is waiting
@@ -156,8 +164,13 @@ def run_helper(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     if args.kind == "proxy":
+        import http.server
+
         from kubestream.localcluster.faultproxy import HttpFaultProxy
 
+        # socketserver's listen backlog is 5: a burst of new connections (a launcher opens one per
+        # create, see raw_client) then gets resets from the proxy that a real apiserver never sends
+        http.server.ThreadingHTTPServer.request_queue_size = 512
         server: Any = HttpFaultProxy("127.0.0.1", args.target_port, listen_port=args.listen_port,
                                      ca_file=args.ca_file).start()
         server.latency_ms = args.latency_ms
@@ -228,16 +241,51 @@ def start_launchers(children: Children, settings: Settings, kubeconfig: str, n: 
 # -- 1. throughput ------------------------------------------------------------------------------------------
 
 
-def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str) -> float:
+def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str, *, read: bool = True) -> float:
+    """``threads`` creates in flight. ``read``: read the (small) response body, which returns the
+    connection to the pool; unread (as the launcher's ``_create`` does), every create takes a new
+    connection: the unread response is dropped and its socket closed."""
+
     def create(i: int) -> None:
-        pod = build_pod(key=TaskKey("raw", f"t{i}", run, 1), namespace=ns, image="img", workload_json="{}",
-                        scheduler_id="bench", template=None, pod_override=None)
-        core.create_namespaced_pod(ns, pod, _preload_content=False)
+        pod = build_pod(key=TaskKey("raw" if read else "rawu", f"t{i}", run, 1), namespace=ns, image="img",
+                        workload_json="{}", scheduler_id="bench", template=None, pod_override=None)
+        resp = core.create_namespaced_pod(ns, pod, _preload_content=False)
+        if read:
+            resp.data  # noqa: B018 - fully read: urllib3 releases the connection
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, range(pods)))
     return pods / (time.perf_counter() - t0)
+
+
+def throughput(core: k8s.CoreV1Api, cleanup: k8s.CoreV1Api, settings: Settings, children: Children,
+               procs: list[subprocess.Popen[bytes]], pods: int, rounds: int, inflight: int, tag: str) -> dict[str, Any]:
+    """Alternating rounds (the order rotates) of: raw client, raw client leaving bodies unread, launchers."""
+    sides: dict[str, Callable[[str], float]] = {
+        "raw": lambda run: raw_client(core, NS_RAW, pods, inflight, run),
+        "raw_unread": lambda run: raw_client(core, NS_RAW, pods, inflight, run, read=False),
+        "kubestream": lambda run: launchers_round(settings, children, procs, NS_KS, pods, run),
+    }
+    raw_client(core, NS_RAW, inflight, inflight, f"{tag}-warmup")  # connections and caches, not measured
+    empty_namespace(cleanup, NS_RAW)
+    got: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(rounds):
+        for name in names[i % 3:] + names[:i % 3]:
+            got[name].append(sides[name](f"{tag}{i}"))
+            empty_namespace(cleanup, NS_KS if name == "kubestream" else NS_RAW)
+        print(f"{tag} round {i}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in got.items()) + " pods/s",
+              file=sys.stderr, flush=True)
+    med = {name: statistics.median(v) for name, v in got.items()}
+    return {
+        "raw_client_pods_per_s": round(med["raw"], 1),
+        "raw_client_unread_pods_per_s": round(med["raw_unread"], 1),
+        "kubestream_pods_per_s": round(med["kubestream"], 1),
+        "ratio_kubestream_to_raw": round(med["kubestream"] / med["raw"], 3),
+        "ratio_kubestream_to_raw_unread": round(med["kubestream"] / med["raw_unread"], 3),
+        "rounds_pods_per_s": {name: [round(x, 1) for x in v] for name, v in got.items()},
+    }
 
 
 def launchers_round(settings: Settings, children: Children, procs: list[subprocess.Popen[bytes]], ns: str,
@@ -407,6 +455,7 @@ def main() -> int:
     parser.add_argument("--launchers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--tasks", type=int, default=300, help="tasks of the completions measurement")
+    parser.add_argument("--no-direct", action="store_true", help="skip the throughput rounds without the proxy")
     parser.add_argument("--max-seconds", type=int, default=420, help="abort (and clean up) after this long")
     args = parser.parse_args()
 
@@ -441,24 +490,24 @@ def main() -> int:
         apis += [direct, raw_api]
         direct_core, raw_core = k8s.CoreV1Api(direct), k8s.CoreV1Api(raw_api)
 
-        # -- 1. throughput, alternating rounds, same proxy
+        # -- 1. throughput: alternating rounds through the proxy, then the same directly (no proxy)
         settings = Settings.from_mapping({"redis_url": redis_server.url, "key_prefix": f"b{uuid.uuid4().hex[:6]}",
                                           "scheduler_id": "bench", "namespace": NS_KS, "queues": "bench"})
-        ks_procs = start_launchers(children, settings, proxied_kubeconfig(work, proxy_url, state, "launcher"),
-                                   args.launchers, args.concurrency, "tp")
-        raw_client(raw_core, NS_RAW, inflight, inflight, "warmup")  # connections and caches, not measured
-        empty_namespace(direct_core, NS_RAW)
-        raw_rounds, ks_rounds = [], []
-        for i in range(args.rounds):
-            raw_rounds.append(raw_client(raw_core, NS_RAW, args.pods, inflight, f"r{i}"))
-            ks_rounds.append(launchers_round(settings, children, ks_procs, NS_KS, args.pods, f"r{i}"))
-            print(f"round {i}: raw {raw_rounds[-1]:.1f} pods/s, launchers {ks_rounds[-1]:.1f} pods/s",
-                  file=sys.stderr, flush=True)
-            empty_namespace(direct_core, NS_RAW)
-            empty_namespace(direct_core, NS_KS)
-        children.stop(ks_procs)
+        procs = start_launchers(children, settings, proxied_kubeconfig(work, proxy_url, state, "launcher"),
+                                args.launchers, args.concurrency, "proxied")
+        proxied = throughput(raw_core, direct_core, settings, children, procs, args.pods, args.rounds, inflight, "p")
+        children.stop(procs)
         raw_api.close()
-        raw, ks = statistics.median(raw_rounds), statistics.median(ks_rounds)
+        direct_tp: dict[str, Any] = {}
+        if not args.no_direct:
+            raw_direct = api_client(state.kubeconfig("admin"), pool_size=2 * inflight)
+            apis.append(raw_direct)
+            procs = start_launchers(children, settings, state.kubeconfig("launcher"), args.launchers,
+                                    args.concurrency, "direct")
+            direct_tp = throughput(k8s.CoreV1Api(raw_direct), direct_core, settings, children, procs, args.pods,
+                                   args.rounds, inflight, "d")
+            children.stop(procs)
+            raw_direct.close()
 
         # -- 2. executor side (no Kubernetes)
         sched = executor_side(settings, 2000, "unserved")
@@ -474,13 +523,11 @@ def main() -> int:
                            args.concurrency, timeout=120 + args.tasks * 0.2)
 
         results = {
-            "latency_ms": args.latency_ms, "via": "one HttpFaultProxy (own process) for raw client, launchers "
-                                                  "and watcher; kubelet direct",
+            "latency_ms": args.latency_ms,
+            "via": "one HttpFaultProxy (own process) for raw client, launchers and watcher; kubelet direct",
             "pods_per_round": args.pods, "rounds": args.rounds, "in_flight_creates": inflight,
-            "raw_client_pods_per_s": round(raw, 1), "kubestream_pods_per_s": round(ks, 1),
-            "ratio_kubestream_to_raw": round(ks / raw, 3),
-            "raw_rounds": [round(x, 1) for x in raw_rounds], "kubestream_rounds": [round(x, 1) for x in ks_rounds],
-            "ratio_rounds": [round(k / r, 3) for r, k in zip(raw_rounds, ks_rounds)],
+            **proxied,
+            "direct_no_proxy": direct_tp or None,
             **{k: round(v, 2) for k, v in sched.items()},
             "completions": comp,
             "bench_seconds": None,
@@ -504,7 +551,10 @@ def main() -> int:
         children.stop()
         cluster.down()
         redis_server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,26 @@ FAST_ADOPTION = {
 
 
 def workload(dag_id: str, task_id: str, *, run_id: str = "run-1", try_number: int = 1, map_index: int = -1,
-             queue: str = "default", executor_config: dict | None = None) -> Any:
+             queue: str = "default", executor_config: dict | None = None, token: str = "not-a-real-jwt") -> Any:
     from airflow.executors.workloads import BundleInfo, ExecuteTask
     from airflow.executors.workloads.task import TaskInstanceDTO
 
     ti = TaskInstanceDTO(id=uuid.uuid4(), dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=try_number,
                          map_index=map_index, dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=1,
                          queue=queue, external_executor_id=str(uuid.uuid4()), executor_config=executor_config)
-    return ExecuteTask(token="not-a-real-jwt", dag_rel_path=Path(f"{dag_id}.py"),
+    return ExecuteTask(token=token, dag_rel_path=Path(f"{dag_id}.py"),
                        bundle_info=BundleInfo(name="dags-folder"), log_path=f"{dag_id}/{task_id}.log", ti=ti)
+
+
+def jwt_with(claims: dict) -> str:
+    """An unsigned-looking JWT carrying ``claims`` (kubestream reads ``exp`` without verifying)."""
+    import base64
+    import json
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS512', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 def sim(rule: str) -> dict:

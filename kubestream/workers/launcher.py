@@ -40,6 +40,7 @@ from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
+from kubestream.workload import token_expiry
 from kubestream.workers.apierrors import Outcome, classify_exception
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 
@@ -250,6 +251,15 @@ class Launcher:
             self._ack(entry)
             self.metrics.inc("skipped_total")
             log.info("skipped launch: %s", verdict, extra=ctx)
+            return
+        expiry = token_expiry(msg.workload_json)
+        if expiry is not None and expiry < time.time():
+            # The pod would be refused at /run. The task stays QUEUED: Airflow's task_queued_timeout
+            # (the token's lifetime) revokes and requeues it with a fresh token.
+            self._ack(entry)
+            self.metrics.inc("skipped_expired_token_total")
+            log.warning("skipped launch: workload token expired %.0fs ago; Airflow will requeue the task",
+                        time.time() - expiry, extra=ctx)
             return
         namespace = self.settings.namespace_for_queue(msg.queue)
         try:

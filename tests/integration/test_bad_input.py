@@ -18,6 +18,7 @@ tests every task is a normal one, held back by the API until it relents).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from kubestream.localcluster.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
-from tests.helpers import Components, Driver, workload
+from tests.helpers import Components, Driver, jwt_with, workload
 
 pytestmark = pytest.mark.cluster
 
@@ -191,6 +192,27 @@ def test_invalid_pod_override_fails_the_task_and_is_dead_lettered(
     assert decode(dead["m"]).key == task_key(bad.ti.key)  # the launch message itself, decodable
     assert not pod_exists(core, settings.namespace, pod_name(bad))
     wait_for(lambda: pending(redis_client, keys) == 0, timeout=30, what="nothing pending in group launchers")
+
+
+# -- 3b. a workload whose token expired while it waited --------------------------------------------------
+
+
+def test_launch_with_an_expired_token_is_skipped_and_the_task_left_to_airflow(
+        settings, cluster, kubelet, components, make_executor, redis_client, keys, core) -> None:
+    start_pipeline(components, settings, cluster)
+    driver = Driver(make_executor())
+    stale = workload("badinput", "stale-token", token=jwt_with({"exp": time.time() - 60, "sub": "ti"}))
+    fresh = workload("badinput", "fresh-token", token=jwt_with({"exp": time.time() + 600, "sub": "ti"}))
+    driver.submit([stale, fresh])
+    assert driver.run_until([fresh.ti.key], timeout=TIMEOUT)[fresh.ti.key] == "success"
+    wait_for(lambda: pending(redis_client, keys) == 0 and redis_client.xlen(keys.launch("default")) == 0,
+             timeout=30, what="both launches settled")
+    # no pod would have passed /run: none is created, and no result fails the task; it stays queued
+    # until Airflow's task_queued_timeout (the token's lifetime) revokes and requeues it
+    assert not pod_exists(core, settings.namespace, pod_name(stale))
+    assert stale.ti.key not in driver.finals() and stale.ti.key in driver.executor.running
+    assert "workload token expired" in (components.log_dir / "launcher-0.log").read_text()
+    assert dead_letters(redis_client, keys) == []
 
 
 # -- 4. a pod the API server rejects -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from kubestream.messages import (DecodeError, LaunchTask, RevokeTask, TaskState,
                                  encode)
 from kubestream.settings import Settings, SettingsError, markdown_table
 from kubestream.taskkey import TaskKey
+from tests.helpers import jwt_with
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -133,3 +134,20 @@ def test_launcher_and_watcher_do_not_import_each_other() -> None:
                        ("kubestream.watcher.watcher", "kubestream.workers")):
         code = f"import {mod}, sys; assert not [m for m in sys.modules if m.startswith('{other}')]"
         assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0, mod
+
+
+@pytest.mark.parametrize("workload_json, expected", [
+    ('{"token": "%s"}' % jwt_with({"exp": 1700000000, "sub": "ti"}), 1700000000.0),
+    ('{"token": "%s"}' % jwt_with({"exp": 1700000000.5}), 1700000000.5),
+    ('{"token": "%s"}' % jwt_with({"sub": "no exp"}), None),
+    ('{"token": "%s"}' % jwt_with({"exp": True}), None),
+    ('{"token": "not-a-real-jwt"}', None),
+    ('{"token": "a.!!!.c"}', None),
+    ('{"no": "token"}', None),
+    ("not json", None),
+    ("[]", None),
+])
+def test_token_expiry_is_read_without_airflow(workload_json: str, expected: float | None) -> None:
+    from kubestream.workload import token_expiry
+
+    assert token_expiry(workload_json) == expected
