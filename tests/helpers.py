@@ -144,3 +144,19 @@ class DbStandIn(KubeStreamExecutor):
 
     def task_states_from_db(self, keys):
         return {k: "success" for k in keys}
+
+
+def proxied_kubeconfig(tmp_path: Path, proxy: Any, token: str, identity: str) -> str:
+    """A kubeconfig reaching the apiserver through a loopback HttpFaultProxy as ``identity``."""
+    import json
+
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "proxied",
+        "clusters": [{"name": "proxied", "cluster": {"server": proxy.url}}],
+        "users": [{"name": identity, "user": {"token": token}}],
+        "contexts": [{"name": "proxied", "context": {"cluster": "proxied", "user": identity}}],
+    }
+    path = tmp_path / f"kubeconfig-proxied-{identity}"
+    path.write_text(json.dumps(config))  # JSON is valid YAML
+    path.chmod(0o600)
+    return str(path)

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 from kubernetes import client as k8s
 
+from kubestream.apierrors import classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
@@ -202,11 +203,13 @@ class NamespaceWatch:
                 log.info("resourceVersion %s expired (410): relisting", rv, extra={"namespace": self.ns})
                 self.w.metrics.inc("relists_410_total")
                 rv = ""
-            except Exception as exc:  # API or Redis unreachable: back off, keep the checkpoint
-                delay = backoff_delay(failures, base=0.5, cap=10.0)
+            except Exception as exc:  # API or Redis unreachable, 429, 5xx: back off, keep the checkpoint
+                outcome = classify_exception(exc)
+                delay = max(outcome.retry_after or 0.0, backoff_delay(failures, base=0.2, cap=5.0))
                 failures += 1
                 self.w.metrics.inc("watch_errors_total")
-                log.warning("watch error (%s), retrying in %.1fs", exc, delay, extra={"namespace": self.ns})
+                log.warning("watch error (%s), retrying in %.1fs", outcome.message or exc, delay,
+                            extra={"namespace": self.ns})
                 self.term.wait(delay)
 
     def relist(self) -> str:

@@ -41,7 +41,7 @@ from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.workload import token_expiry
-from kubestream.workers.apierrors import Outcome, classify_exception
+from kubestream.apierrors import Outcome, classify_exception
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 
 log = logging.getLogger("kubestream.launcher")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kubestream.localcluster.faultproxy import HttpFaultProxy
 from tests.helpers import Components, DbStandIn, airflow_env
 
 
@@ -34,3 +35,11 @@ def make_executor(settings, monkeypatch):
     yield make
     for ex in started:
         ex.terminate()
+
+
+@pytest.fixture
+def fault_proxy(cluster):
+    """A loopback HTTP proxy in front of the apiserver that can add latency or answer 429/5xx."""
+    proxy = HttpFaultProxy("127.0.0.1", cluster.apiserver_port, ca_file=cluster.ca_file).start()
+    yield proxy
+    proxy.stop()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -30,12 +29,11 @@ from kubernetes.client.exceptions import ApiException
 
 from kubestream.executor.dispatch import task_key
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.localcluster.faultproxy import HttpFaultProxy
 from kubestream.localcluster.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
-from tests.helpers import Components, Driver, jwt_with, workload
+from tests.helpers import Components, Driver, jwt_with, proxied_kubeconfig, workload
 
 pytestmark = pytest.mark.cluster
 
@@ -305,30 +303,10 @@ def test_quota_403_keeps_launches_pending_until_the_quota_is_raised(
 # -- 6. a storm of 429s -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fault_proxy(cluster):
-    proxy = HttpFaultProxy("127.0.0.1", cluster.apiserver_port, ca_file=cluster.ca_file).start()
-    yield proxy
-    proxy.stop()
-
-
-def proxied_kubeconfig(tmp_path: Path, proxy: HttpFaultProxy, token: str) -> str:
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "proxied",
-        "clusters": [{"name": "proxied", "cluster": {"server": proxy.url}}],
-        "users": [{"name": "launcher", "user": {"token": token}}],
-        "contexts": [{"name": "proxied", "context": {"cluster": "proxied", "user": "launcher"}}],
-    }
-    path = tmp_path / "kubeconfig-proxied-launcher"
-    path.write_text(json.dumps(config))  # JSON is valid YAML
-    path.chmod(0o600)
-    return str(path)
-
-
 def test_429_storm_is_retried_and_every_task_succeeds_once(
         fault_proxy, settings, cluster, kubelet, components, make_executor, redis_client, keys,
         tmp_path) -> None:
-    kubeconfig = proxied_kubeconfig(tmp_path, fault_proxy, cluster.tokens["launcher"])
+    kubeconfig = proxied_kubeconfig(tmp_path, fault_proxy, cluster.tokens["launcher"], "launcher")
     name = "storm-launcher"
     # a budget that outlasts a few Retry-After: 1 rounds, so the storm is ridden out by retries
     components.start("launcher", settings, kubeconfig, consumer_name=name, retry_budget_seconds="10",

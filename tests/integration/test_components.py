@@ -10,12 +10,15 @@ import subprocess
 import sys
 
 import pytest
+from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP
 from kubestream.localcluster.procs import wait_for
 from kubestream.ratelimit import RateLimiter
 from kubestream.watcher.lease import Lease
-from tests.helpers import Driver, settings_env, sim, workload
+from kubestream.executor.dispatch import task_key
+from kubestream.messages import FIELD, LaunchTask, encode
+from tests.helpers import Driver, proxied_kubeconfig, settings_env, sim, workload
 
 pytestmark = pytest.mark.cluster
 
@@ -104,3 +107,29 @@ def test_check_status_and_wrong_settings_through_the_cli(settings, cluster, comp
                                  env={**settings_env(settings), "KUBESTREAM_REDIS_URL": "redis://127.0.0.1:1/0"},
                                  timeout=120)
     assert unreachable.returncode == 3 and "cannot reach Redis (redis://127.0.0.1:1/0)" in unreachable.stderr
+
+
+def test_watcher_rides_out_429s_and_a_redelivered_launch_never_fails_a_running_task(
+        fault_proxy, settings, cluster, kubelet, components, make_executor, redis_client, keys, tmp_path,
+        admin_api) -> None:
+    components.start("launcher", settings, cluster.kubeconfig("launcher"))
+    # the watcher's list and watch calls get 429s with Retry-After first (apache/airflow#49517)
+    fault_proxy.fail_next(6, status=429, retry_after="1", only_method="GET", path_contains="/pods")
+    components.start("watcher", settings, proxied_kubeconfig(tmp_path, fault_proxy, cluster.tokens["watcher"],
+                                                             "watcher"))
+    driver = Driver(make_executor())
+    task = workload("redeliver", "long", executor_config=sim("run:delay=8"))
+    driver.submit([task])
+    core = k8s.CoreV1Api(admin_api)
+    wait_for(lambda: core.read_namespaced_pod(task_key(task.ti.key).pod_name(), settings.namespace).status.phase
+             == "Running", timeout=60, what="the task's pod running")
+    # the same launch message arrives again while the pod runs (a lost XADD reply, a reclaim, ...)
+    msg = LaunchTask(key=task_key(task.ti.key), queue="default", scheduler_id="sched-a",
+                     workload_json=task.model_dump_json(), external_executor_id=task.ti.external_executor_id)
+    redis_client.xadd(keys.launch("default"), {FIELD: encode(msg)})
+    finals = driver.run_until([task.ti.key], timeout=60)
+    assert finals == {task.ti.key: "success"} and driver.final_counts()[task.ti.key] == 1
+    assert not [e for e in driver.events if e[0] == task.ti.key and e[1] == "failed"]
+    assert fault_proxy.faults_injected == 6
+    wait_for(lambda: redis_client.xpending(keys.launch("default"), LAUNCH_GROUP)["pending"] == 0, timeout=30,
+             what="the duplicate launch settled as AlreadyExists")

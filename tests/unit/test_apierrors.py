@@ -8,7 +8,7 @@ import pytest
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from kubestream.workers.apierrors import Outcome, classify_create_error, classify_exception, parse_retry_after
+from kubestream.apierrors import Outcome, classify_create_error, classify_exception, parse_retry_after
 
 
 def status_body(code: int, reason: str, message: str) -> str:
@@ -177,6 +177,6 @@ def test_real_api_exception_from_http_response():
 
 
 def test_modules_are_pure():
-    code = ("import sys, kubestream.workers.apierrors, kubestream.watcher.classify, kubestream.backoff; "
+    code = ("import sys, kubestream.apierrors, kubestream.watcher.classify, kubestream.backoff; "
             "assert 'kubernetes' not in sys.modules and 'airflow' not in sys.modules and 'urllib3' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -123,7 +123,8 @@ def test_launcher_and_watcher_do_not_import_airflow() -> None:
 
 def test_shared_core_imports_neither_airflow_nor_kubernetes() -> None:
     code = ("import kubestream.settings, kubestream.keys, kubestream.messages, kubestream.store, "
-            "kubestream.taskkey, kubestream.ratelimit, kubestream.health, kubestream.status, kubestream.backoff, sys; "
+            "kubestream.taskkey, kubestream.ratelimit, kubestream.health, kubestream.status, kubestream.backoff, "
+            "kubestream.apierrors, kubestream.workload, sys; "
             "bad = [m for m in ('airflow', 'kubernetes') if m in sys.modules]; assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kubestream.localcluster.faultproxy import FaultProxy, HttpFaultProxy
-from kubestream.workers.apierrors import classify_exception
+from kubestream.apierrors import classify_exception
 
 pytestmark = pytest.mark.timeout(60)
 
