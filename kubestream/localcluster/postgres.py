@@ -22,12 +22,9 @@ from kubestream.localcluster.procs import free_port, spawn_as, stop_pid, wait_fo
 
 def _bin_dir() -> Path:
     dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
-    if not dirs and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
-        dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
     if not dirs:
-        raise RuntimeError("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+        raise RuntimeError("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin: run `kubestream cluster "
+                           "provision` (installs Debian's postgresql) or apt-get install postgresql")
     return Path(dirs[-1])
 
 

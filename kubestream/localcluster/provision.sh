@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Provision what the local cluster needs on a Debian machine:
-#   - Debian packages: etcd-server, redis-server, golang-go, rsync, jq, build tools
+# Provision what the local cluster, the tests and the demo need on a Debian machine:
+#   - Debian packages: etcd-server, redis-server, postgresql, golang-go, rsync, jq, build tools
 #   - kube-apiserver, built once from Debian's `kubernetes` source package and
 #     cached outside the repository, keyed by the Debian source version.
 # Prints the path of the cached kube-apiserver binary on its last line.
@@ -51,6 +51,10 @@ ensure_deb_src() {
 }
 
 apt_install etcd=etcd-server redis-server=redis-server rsync=rsync jq=jq openssl=openssl make=make
+# PostgreSQL (the Airflow metadata DB of the end-to-end tests and the demo): its binaries are not on PATH
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install /usr/lib/postgresql/none/bin/initdb=postgresql
+fi
 
 if [ -n "${KUBESTREAM_APISERVER_BIN:-}" ]; then
   [ -x "$KUBESTREAM_APISERVER_BIN" ] || die "KUBESTREAM_APISERVER_BIN=$KUBESTREAM_APISERVER_BIN is not executable"
