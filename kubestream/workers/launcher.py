@@ -26,22 +26,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from kubernetes import client as k8s
 
+from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
-from kubestream.keys import LAUNCH_GROUP, Keys
-from kubestream.messages import FIELD, DecodeError, LaunchTask, RevokeTask, decode
+from kubestream.keys import Keys
+from kubestream.messages import DecodeError, LaunchTask, RevokeTask, decode
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.workload import token_expiry
-from kubestream.apierrors import Outcome, classify_exception
+from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 
 log = logging.getLogger("kubestream.launcher")
@@ -50,14 +50,6 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 
 class _OlderPodExists(Exception):
     """409: the pod name is taken by a pod of an earlier (revoked) dispatch of the same key."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    stream: str
-    entry_id: str
-    raw: bytes
-    deliveries: int
 
 
 class Launcher:
@@ -69,7 +61,8 @@ class Launcher:
         self.keys = Keys(settings.key_prefix)
         self.store = TaskStore(redis_client, self.keys, settings)
         self.name = name or settings.member_name()
-        self.streams = [self.keys.launch(q) for q in settings.queues]
+        self.consumer = StreamConsumer(redis_client, [self.keys.launch(q) for q in settings.queues], self.name,
+                                       min_idle_ms=int(settings.reclaim_idle_seconds * 1000))
         self.metrics = Metrics("launcher")
         self.limiter = RateLimiter(redis_client, self.keys.rate_limit, settings.create_rate, settings.create_burst)
         self.template = load_template_yaml(open(settings.pod_template_file).read()) if settings.pod_template_file else None
@@ -81,23 +74,15 @@ class Launcher:
                                    self.metrics, extra=lambda: {"queues": ",".join(settings.queues)})
 
     # -- loop --------------------------------------------------------------------------------
-    def ensure_groups(self) -> None:
-        for stream in self.streams:
-            try:
-                self.redis.xgroup_create(stream, LAUNCH_GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
     def run(self, *, until_idle: bool = False, max_seconds: float | None = None) -> None:
         """Serve until ``stop()``; ``until_idle`` returns once nothing is pending or new (tests, burst)."""
-        self.ensure_groups()
+        self.consumer.ensure_groups()
         self.heartbeat.start()
         started = time.monotonic()
         last_reclaim = 0.0
         outage = 0
         try:
-            self._dispatch(self._own_pending())
+            self._dispatch(self.consumer.own_pending())
             while not self.stopping.is_set():
                 try:
                     if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
@@ -126,7 +111,7 @@ class Launcher:
         with self._lock:
             if self._inflight:
                 return False
-        return all(self.redis.xpending(s, LAUNCH_GROUP)["pending"] == 0 for s in self.streams)
+        return self.consumer.nothing_pending()
 
     def _drain(self) -> None:
         with self._lock:
@@ -145,46 +130,12 @@ class Launcher:
         if free <= 0:
             self._wait_for_slot()
             return []
-        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
-                                      count=free, block=self.settings.block_ms)
-        return [Entry(_str(stream), _str(eid), fields.get(FIELD, b""), 1)
-                for stream, entries in reply or [] for eid, fields in entries if fields is not None]
-
-    def _own_pending(self) -> list[Entry]:
-        """Entries delivered to this consumer name before (a restart with the same name)."""
-        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
-        return self._with_counts([(_str(s), _str(e), f) for s, es in reply or [] for e, f in es])
+        return self.consumer.read_new(free, self.settings.block_ms)
 
     def _reclaim(self) -> list[Entry]:
-        """XAUTOCLAIM entries idle too long on any consumer (crashed launchers)."""
-        claimed = []
-        min_idle = int(self.settings.reclaim_idle_seconds * 1000)
-        for stream in self.streams:
-            cursor = "0-0"
-            while True:
-                reply = self.redis.xautoclaim(stream, LAUNCH_GROUP, self.name, min_idle, cursor, count=100)
-                cursor, entries = _str(reply[0]), reply[1]
-                claimed += [(stream, _str(e), f) for e, f in entries]
-                if len(reply) > 2:
-                    for deleted in reply[2]:  # entries deleted while pending: nothing to do
-                        self.redis.xack(stream, LAUNCH_GROUP, deleted)
-                if cursor == "0-0":
-                    break
-        if claimed:
-            log.info("reclaimed %d idle launch entries", len(claimed))
-            self.metrics.inc("reclaimed_total", len(claimed))
-        return self._with_counts(claimed)
-
-    def _with_counts(self, rows: list[tuple[str, str, Any]]) -> list[Entry]:
-        out = []
-        for stream, eid, fields in rows:
-            if fields is None:  # deleted while pending
-                self.redis.xack(stream, LAUNCH_GROUP, eid)
-                continue
-            info = self.redis.xpending_range(stream, LAUNCH_GROUP, min=eid, max=eid, count=1)
-            count = int(info[0]["times_delivered"]) if info else 1
-            out.append(Entry(stream, eid, fields.get(FIELD, b""), count))
-        return out
+        claimed = self.consumer.reclaim()
+        self.metrics.inc("reclaimed_total", len(claimed))
+        return claimed
 
     def _wait_for_slot(self) -> None:
         with self._lock:
@@ -241,10 +192,7 @@ class Launcher:
                                    dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
 
     def _ack(self, entry: Entry) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(entry.stream, LAUNCH_GROUP, entry.entry_id)
-        pipe.xdel(entry.stream, entry.entry_id)
-        pipe.execute()
+        self.consumer.ack(entry)
 
     def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str]) -> None:
         if verdict := self.store.launch_verdict(msg.pod_name, msg.external_executor_id):
@@ -364,6 +312,3 @@ class Launcher:
             if self.stopping.wait(delay):
                 return None
 
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
