@@ -141,13 +141,27 @@ class KubeStreamExecutor(BaseExecutor):
             return 0
         events, bad = results.decode_entries(entries)
         for eid, reason in bad:
-            self.log.error("dropping undecodable result %s: %s", eid, reason)
+            self.log.error("dead-lettering undecodable result %s: %s", eid, reason)
+            self._dead_letter(eid, reason, dict(entries)[eid])
         results.apply(self, events)
         try:
             self.redis.xack(self.results_stream, RESULTS_GROUP, *[eid for eid, _ in entries])
         except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
             self.log.warning("could not acknowledge %d results: %s", len(entries), exc)
         return len(entries)
+
+    def _dead_letter(self, eid: bytes, reason: str, fields: dict[bytes, bytes]) -> None:
+        assert self.redis is not None and self.keys is not None
+        try:
+            self.redis.xadd(self.keys.dead, {"reason": f"result: {reason}", "stream": self.results_stream,
+                                             "entry": eid, "m": (fields or {}).get(FIELD, b"")})
+        except redis.RedisError as exc:
+            self.log.warning("could not dead-letter result %s: %s", eid, exc)
+
+    def change_state(self, key: Any, state: Any, info: Any = None, remove_running: bool = True) -> None:
+        super().change_state(key, state, info, remove_running)
+        if remove_running:
+            self._external_ids.pop(key, None)
 
     def task_states_from_db(self, keys: Sequence[Any]) -> dict[Any, str | None]:
         """The state each task wrote to the Airflow DB (one query)."""

@@ -128,3 +128,20 @@ def test_revoke_is_recorded_first_and_the_pod_removed(settings, cluster, kubelet
     wait_for(lambda: queued_pod not in {p.metadata.name for p in core.list_namespaced_pod(settings.namespace).items},
              timeout=60, what="no pod for the revoked queued task")
     assert not any(isinstance(decode(f[FIELD]), RevokeTask) for _, f in redis_client.xrange(keys.launch("default")))
+
+
+def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor, redis_client, keys) -> None:
+    from kubestream.messages import TaskState, TaskStateChanged, encode
+
+    ex = make_executor()
+    w = workload("results", "t1")
+    Driver(ex).submit([w])
+    stream = keys.results("sched-a")
+    redis_client.xadd(stream, {FIELD: b"\xc1garbage"})
+    redis_client.xadd(stream, {FIELD: encode(TaskStateChanged(task_key(w.ti.key), TaskState.FAILED, "boom"))})
+    driver = Driver(ex)
+    assert driver.run_until([w.ti.key], timeout=10) == {w.ti.key: "failed"}
+    (dead,) = redis_client.xrange(keys.dead)
+    assert dead[1][b"reason"].startswith(b"result: not msgpack") and dead[1][b"stream"] == stream.encode()
+    assert redis_client.xpending(stream, "executor")["pending"] == 0
+    assert w.ti.key not in ex._external_ids  # nothing kept for a finished task
