@@ -18,16 +18,13 @@ import pytest
 
 from kubestream.localcluster.faultproxy import FaultProxy, HttpFaultProxy
 from kubestream.apierrors import classify_exception
+from kubestream.localcluster import procs
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    procs.wait_for(cond, timeout=timeout, interval=0.01, what="the proxy condition")
 
 
 # ---------------------------------------------------------------- upstream HTTP server
