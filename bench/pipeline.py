@@ -31,7 +31,9 @@ Measurements:
 3. completions: ``--tasks`` tasks dispatched through the real executor, created by the launchers,
    run by a SimKubelet (rules mode, default "succeed", direct to the apiserver), reported by a
    ``kubestream watcher`` (through the proxy) and applied by the executor's ``sync()``, polled every
-   50 ms while idle as a scheduler loop would.
+   50 ms while idle as a scheduler loop would. Reported: time to all final states, the slowest
+   ``sync()`` and the ``trigger_tasks()`` call (wall, CPU, and time in Python's GC), and the
+   scheduler thread's CPU per task (``time.thread_time`` inside those calls, idle polls included).
 
 The whole run is bounded by ``--max-seconds`` (SIGALRM); everything started is stopped on any exit
 (exception, Ctrl-C, SIGTERM); child processes also get SIGTERM if this process dies.
@@ -40,6 +42,7 @@ The whole run is bounded by ``--max-seconds`` (SIGALRM); everything started is s
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -165,12 +168,19 @@ def run_helper(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: done.set())
     if args.kind == "proxy":
         import http.server
+        import socketserver
 
         from kubestream.localcluster.faultproxy import HttpFaultProxy
 
-        # socketserver's listen backlog is 5: a burst of new connections (a launcher opens one per
-        # create, see raw_client) then gets resets from the proxy that a real apiserver never sends
+        # Two stdlib defaults that would make the proxy itself, not the added latency, shape the
+        # results (this process only; a real apiserver has neither problem):
+        # - listen backlog 5: a burst of new connections (a launcher opens one per create, see
+        #   raw_client) gets connection resets;
+        # - Nagle on: a response is written as headers then body, and on a reused connection the
+        #   body waits for the client's delayed ACK, ~40 ms more per request for clients that
+        #   reuse connections (and per watch event for the watcher).
         http.server.ThreadingHTTPServer.request_queue_size = 512
+        socketserver.StreamRequestHandler.disable_nagle_algorithm = True
         server: Any = HttpFaultProxy("127.0.0.1", args.target_port, listen_port=args.listen_port,
                                      ca_file=args.ca_file).start()
         server.latency_ms = args.latency_ms
@@ -363,6 +373,25 @@ def executor_side(settings: Settings, pods: int, queue: str) -> dict[str, float]
 # -- 3. completions ----------------------------------------------------------------------------------------------
 
 
+class GcClock:
+    """Time spent in Python's cyclic GC (``gc.callbacks``): a gen-2 pass over a scheduler-sized heap
+    (Airflow imported: ~250k objects) takes ~100 ms and lands in whichever call allocates."""
+
+    def __init__(self) -> None:
+        self.total = self.longest = 0.0
+        self.full = 0  # generation-2 passes
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        took = time.perf_counter() - self._start
+        self.total += took
+        self.longest = max(self.longest, took)
+        self.full += info.get("generation") == 2
+
+
 def completions(settings: Settings, children: Children, launcher_kubeconfig: str, watcher_kubeconfig: str,
                 tasks: int, n_launchers: int, concurrency: int, timeout: float) -> dict[str, Any]:
     """Dispatch ``tasks`` through the real executor; time until sync() has reported every final state."""
@@ -383,35 +412,38 @@ def completions(settings: Settings, children: Children, launcher_kubeconfig: str
     ex = DbStandIn()
     ex.start()
     stream = keys.launch("default")
+    gc_clock = GcClock()
     try:
         work = [workload("done", f"t{i:04d}") for i in range(tasks)]
         for w in work:
             ex.queue_workload(w, session=None)
         sched_cpu, idle_cpu, idle_calls = 0.0, 0.0, 0
-        sync_calls: list[tuple[float, float]] = []  # (wall, cpu) of each sync() + get_event_buffer()
+        sync_calls: list[tuple[float, float, float]] = []  # (wall, cpu, gc) of each sync() + get_event_buffer()
+        gc.callbacks.append(gc_clock)
         finals: dict[Any, str] = {}
         final_at: list[float] = []
         running_events = 0
         all_created = None
         t0 = time.perf_counter()
-        c0 = time.thread_time()
+        c0, g0 = time.thread_time(), gc_clock.total
         ex.trigger_tasks(tasks)
         trigger_ms = (time.perf_counter() - t0) * 1000
         trigger_cpu = time.thread_time() - c0
+        trigger_gc = gc_clock.total - g0
         sched_cpu += trigger_cpu
         while len(finals) < tasks:
             now = time.perf_counter()
             if now - t0 > timeout:
                 raise TimeoutError(f"only {len(finals)} of {tasks} final states after {timeout:.0f}s "
                                    f"(launch stream length {r.xlen(stream)})")
-            c0 = time.thread_time()
+            c0, g0 = time.thread_time(), gc_clock.total
             n = ex.sync()
             buffer = ex.get_event_buffer()
             cpu = time.thread_time() - c0
             sched_cpu += cpu
             if not n:
                 idle_cpu, idle_calls = idle_cpu + cpu, idle_calls + 1
-            sync_calls.append((time.perf_counter() - now, cpu))
+            sync_calls.append((time.perf_counter() - now, cpu, gc_clock.total - g0))
             at = time.perf_counter() - t0
             for key, (state, _info) in buffer.items():
                 value = str(getattr(state, "value", state))
@@ -427,10 +459,12 @@ def completions(settings: Settings, children: Children, launcher_kubeconfig: str
                 time.sleep(POLL)
         total = time.perf_counter() - t0
     finally:
+        if gc_clock in gc.callbacks:
+            gc.callbacks.remove(gc_clock)
         ex.terminate()
         r.close()
         children.stop(procs)
-    walls_ms = sorted(w * 1000 for w, _ in sync_calls)
+    walls_ms = sorted(w * 1000 for w, _, _ in sync_calls)
     slowest = max(sync_calls)
     return {
         "tasks": tasks,
@@ -442,13 +476,17 @@ def completions(settings: Settings, children: Children, launcher_kubeconfig: str
         "running_events": running_events,
         "trigger_tasks_ms": round(trigger_ms, 1),
         "trigger_tasks_cpu_ms": round(trigger_cpu * 1000, 1),
+        "trigger_tasks_gc_ms": round(trigger_gc * 1000, 1),
         "slowest_sync_ms": round(walls_ms[-1], 1),
         "slowest_sync_cpu_ms": round(slowest[1] * 1000, 1),  # the rest: Redis round trips, waiting for a core
+        "slowest_sync_gc_ms": round(slowest[2] * 1000, 1),
         "p99_sync_ms": round(walls_ms[min(len(walls_ms) - 1, int(len(walls_ms) * 0.99))], 1),
         "sync_calls": len(walls_ms),
         "sync_calls_idle": idle_calls,
         "scheduler_cpu_us_per_task": round(sched_cpu / tasks * 1e6, 1),
         "scheduler_cpu_us_per_task_without_idle_polls": round((sched_cpu - idle_cpu) / tasks * 1e6, 1),
+        "gc_full_collections": gc_clock.full,
+        "gc_longest_pause_ms": round(gc_clock.longest * 1000, 1),
     }
 
 
