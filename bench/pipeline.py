@@ -18,9 +18,7 @@ Measurements:
    (no kubelet in those namespaces: pods stay Pending, a create is all that is measured; the
    namespaces are emptied between rounds), medians reported:
    - ``raw``: the official client with launchers x concurrency threads, reading each (small)
-     response so that its connection is reused;
-   - ``raw_unread``: the same, leaving the response unread as the launcher does (every create
-     then opens a new connection): separates connection churn from everything else;
+     response so that its connection is reused (as the launchers do);
    - ``kubestream``: ``--launchers`` ``kubestream launcher`` processes, ``--concurrency`` creates in
      flight each, fed through Redis.
    Then the same rounds again without the proxy (``direct_no_proxy``; skip with ``--no-direct``):
@@ -66,7 +64,7 @@ from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.localcluster.cluster import ClusterState, LocalCluster
-from kubestream.localcluster.kubeclient import api_client
+from kubestream.kubeclient import api_client, raw
 from kubestream.localcluster.procs import free_port, stop_pid
 from kubestream.localcluster.redisserver import RedisServer
 from kubestream.messages import TaskState, TaskStateChanged
@@ -167,20 +165,8 @@ def run_helper(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     if args.kind == "proxy":
-        import http.server
-        import socketserver
-
         from kubestream.localcluster.faultproxy import HttpFaultProxy
 
-        # Two stdlib defaults that would make the proxy itself, not the added latency, shape the
-        # results (this process only; a real apiserver has neither problem):
-        # - listen backlog 5: a burst of new connections (a launcher opens one per create, see
-        #   raw_client) gets connection resets;
-        # - Nagle on: a response is written as headers then body, and on a reused connection the
-        #   body waits for the client's delayed ACK, ~40 ms more per request for clients that
-        #   reuse connections (and per watch event for the watcher).
-        http.server.ThreadingHTTPServer.request_queue_size = 512
-        socketserver.StreamRequestHandler.disable_nagle_algorithm = True
         server: Any = HttpFaultProxy("127.0.0.1", args.target_port, listen_port=args.listen_port,
                                      ca_file=args.ca_file).start()
         server.latency_ms = args.latency_ms
@@ -251,17 +237,13 @@ def start_launchers(children: Children, settings: Settings, kubeconfig: str, n: 
 # -- 1. throughput ------------------------------------------------------------------------------------------
 
 
-def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str, *, read: bool = True) -> float:
-    """``threads`` creates in flight. ``read``: read the (small) response body, which returns the
-    connection to the pool; unread (as the launcher's ``_create`` does), every create takes a new
-    connection: the unread response is dropped and its socket closed."""
+def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str) -> float:
+    """``threads`` creates in flight, each response read so that its connection is reused."""
 
     def create(i: int) -> None:
-        pod = build_pod(key=TaskKey("raw" if read else "rawu", f"t{i}", run, 1), namespace=ns, image="img",
+        pod = build_pod(key=TaskKey("raw", f"t{i}", run, 1), namespace=ns, image="img",
                         workload_json="{}", scheduler_id="bench", template=None, pod_override=None)
-        resp = core.create_namespaced_pod(ns, pod, _preload_content=False)
-        if read:
-            resp.data  # noqa: B018 - fully read: urllib3 releases the connection
+        raw(core.create_namespaced_pod, ns, pod)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -271,10 +253,9 @@ def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str, 
 
 def throughput(core: k8s.CoreV1Api, cleanup: k8s.CoreV1Api, settings: Settings, children: Children,
                procs: list[subprocess.Popen[bytes]], pods: int, rounds: int, inflight: int, tag: str) -> dict[str, Any]:
-    """Alternating rounds (the order rotates) of: raw client, raw client leaving bodies unread, launchers."""
+    """Alternating rounds (the order rotates) of: raw client, launchers."""
     sides: dict[str, Callable[[str], float]] = {
         "raw": lambda run: raw_client(core, NS_RAW, pods, inflight, run),
-        "raw_unread": lambda run: raw_client(core, NS_RAW, pods, inflight, run, read=False),
         "kubestream": lambda run: launchers_round(settings, children, procs, NS_KS, pods, run),
     }
     raw_client(core, NS_RAW, inflight, inflight, f"{tag}-warmup")  # connections and caches, not measured
@@ -282,7 +263,7 @@ def throughput(core: k8s.CoreV1Api, cleanup: k8s.CoreV1Api, settings: Settings, 
     got: dict[str, list[float]] = {name: [] for name in sides}
     names = list(sides)
     for i in range(rounds):
-        for name in names[i % 3:] + names[:i % 3]:
+        for name in names[i % len(names):] + names[:i % len(names)]:
             got[name].append(sides[name](f"{tag}{i}"))
             empty_namespace(cleanup, NS_KS if name == "kubestream" else NS_RAW)
         print(f"{tag} round {i}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in got.items()) + " pods/s",
@@ -290,10 +271,8 @@ def throughput(core: k8s.CoreV1Api, cleanup: k8s.CoreV1Api, settings: Settings, 
     med = {name: statistics.median(v) for name, v in got.items()}
     return {
         "raw_client_pods_per_s": round(med["raw"], 1),
-        "raw_client_unread_pods_per_s": round(med["raw_unread"], 1),
         "kubestream_pods_per_s": round(med["kubestream"], 1),
         "ratio_kubestream_to_raw": round(med["kubestream"] / med["raw"], 3),
-        "ratio_kubestream_to_raw_unread": round(med["kubestream"] / med["raw_unread"], 3),
         "rounds_pods_per_s": {name: [round(x, 1) for x in v] for name, v in got.items()},
     }
 

@@ -52,7 +52,7 @@ def cmd_launcher(args: argparse.Namespace) -> int:
         return _check("launcher", settings)
     from kubestream import logs
     from kubestream.health import serve_http
-    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.kubeclient import api_client
     from kubestream.redisconn import connect
     from kubestream.workers.launcher import Launcher
 
@@ -72,7 +72,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
         return _check("watcher", settings)
     from kubestream import logs
     from kubestream.health import serve_http
-    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.kubeclient import api_client
     from kubestream.redisconn import connect
     from kubestream.watcher.watcher import Watcher
 
@@ -120,7 +120,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_kubelet(args: argparse.Namespace) -> int:
     from kubestream import logs
-    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.kubeclient import api_client
     from kubestream.localcluster.kubelet import SimKubelet
 
     logs.configure(args.log_level)

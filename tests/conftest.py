@@ -79,7 +79,7 @@ def local_cluster(cluster: ClusterState) -> LocalCluster:
 
 @pytest.fixture(scope="session")
 def api_for(cluster: ClusterState) -> Callable[[str], object]:
-    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.kubeclient import api_client
 
     cache: dict[str, object] = {}
 
@@ -115,7 +115,7 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
 @pytest.fixture
 def kubelet(cluster: ClusterState, namespace: str) -> Iterator[object]:
     """A simulated kubelet (rules mode) for this test's namespace, on a node of its own."""
-    from kubestream.localcluster.kubeclient import api_client
+    from kubestream.kubeclient import api_client
     from kubestream.localcluster.kubelet import SimKubelet
 
     api = api_client(cluster.kubeconfig("kubelet"), pool_size=16)

@@ -25,7 +25,7 @@ from kubernetes import client as k8s
 
 from kubestream.localcluster.airflowstack import AirflowStack
 from kubestream.localcluster.cluster import LocalCluster
-from kubestream.localcluster.kubeclient import api_client
+from kubestream.kubeclient import api_client
 from kubestream.localcluster.kubelet import SimKubelet
 from kubestream.localcluster.postgres import PostgresServer
 from kubestream.localcluster.procs import spawn, stop_pid, wait_for

@@ -229,8 +229,14 @@ class HttpFaultProxy(_Proxy):
                 proxy._handle(self)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = forward
+            # headers and body go out in separate writes: with Nagle on, a reused connection
+            # would wait ~40 ms for the client's delayed ACK on every response
+            disable_nagle_algorithm = True
 
-        self._server = ThreadingHTTPServer(self._listen_addr, Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 512  # the default backlog of 5 resets bursts of new connections
+
+        self._server = Server(self._listen_addr, Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                          name=f"httpfaultproxy:{self.port}", daemon=True).start()

@@ -33,6 +33,7 @@ from kubestream.apierrors import classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
+from kubestream.kubeclient import raw
 from kubestream.messages import TaskState, TaskStateChanged
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
@@ -162,7 +163,7 @@ class Watcher:
 
     def _delete(self, namespace: str, name: str, ctx: dict[str, Any]) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=(5, 30))
+            raw(self.core.delete_namespaced_pod, name, namespace, _request_timeout=(5, 30))
             self.metrics.inc("deleted_total")
         except k8s.ApiException as exc:
             if exc.status != 404:
@@ -216,9 +217,8 @@ class NamespaceWatch:
         seen: set[str] = set()
         cont = None
         while True:
-            resp = self.w.core.list_namespaced_pod(self.ns, label_selector=SELECTOR, limit=500, _continue=cont,
-                                                   _preload_content=False, _request_timeout=(5, 60))
-            body = json.loads(resp.data)
+            body = json.loads(raw(self.w.core.list_namespaced_pod, self.ns, label_selector=SELECTOR, limit=500,
+                                  _continue=cont, _request_timeout=(5, 60)))
             for pod in body.get("items", []):
                 seen.add(pod["metadata"]["name"])
                 self.w.handle(pod, "ADDED")

@@ -35,6 +35,7 @@ from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
+from kubestream.kubeclient import raw
 from kubestream.messages import DecodeError, LaunchTask, RevokeTask, decode
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
@@ -240,7 +241,7 @@ class Launcher:
         """Create the pod; a 409 is success unless the existing pod belongs to another dispatch
         (a revoked one still terminating): then retry until it is gone."""
         try:
-            self.core.create_namespaced_pod(namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            raw(self.core.create_namespaced_pod, namespace, pod, _request_timeout=REQUEST_TIMEOUT)
         except k8s.ApiException as exc:
             if exc.status != 409 or not dispatch:
                 raise
@@ -252,13 +253,12 @@ class Launcher:
 
     def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                 _request_timeout=REQUEST_TIMEOUT)
+            body = raw(self.core.read_namespaced_pod, name, namespace, _request_timeout=REQUEST_TIMEOUT)
         except k8s.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return json.loads(resp.data)
+        return json.loads(body)
 
     def _revoke(self, msg: RevokeTask, entry: Entry) -> None:
         """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
@@ -273,9 +273,8 @@ class Launcher:
             theirs = (meta.get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
             if msg.external_executor_id and theirs and theirs != msg.external_executor_id:
                 return  # a newer dispatch's pod: not ours to delete
-            self.core.delete_namespaced_pod(msg.pod_name, namespace, grace_period_seconds=0,
-                                            body={"preconditions": {"uid": meta["uid"]}},
-                                            _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            raw(self.core.delete_namespaced_pod, msg.pod_name, namespace, grace_period_seconds=0,
+                body={"preconditions": {"uid": meta["uid"]}}, _request_timeout=REQUEST_TIMEOUT)
 
         outcome = self._retrying(delete, ctx)
         if outcome is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubestream.localcluster.airflowstack import AirflowStack
-from kubestream.localcluster.kubeclient import api_client
+from kubestream.kubeclient import api_client
 from kubestream.localcluster.kubelet import SimKubelet
 from kubestream.localcluster.postgres import PostgresServer
 from kubestream.localcluster.procs import wait_for

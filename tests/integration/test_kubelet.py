@@ -14,7 +14,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from kubestream.localcluster.kubeclient import api_client
+from kubestream.kubeclient import api_client
 from kubestream.localcluster.kubelet import SimKubelet
 from kubestream.localcluster.procs import pid_alive, wait_for
 

@@ -1,6 +1,15 @@
-"""Build a Kubernetes API client from settings or a kubeconfig, explicitly (no global config)."""
+"""Kubernetes API access shared by the launcher, the watcher and the local cluster tooling.
+
+The one shared module that imports ``kubernetes`` (the shared core does not; the
+executor never uses it). Clients are built explicitly from a kubeconfig, never
+from global state, and raw calls always give their connection back to the pool:
+a response left unread would cost a new TLS handshake on the next call.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes import client, config
 
@@ -18,3 +27,12 @@ def api_client(kubeconfig: str = "", context: str = "", *, pool_size: int = 16) 
     configuration.connection_pool_maxsize = pool_size
     configuration.retries = False
     return client.ApiClient(configuration)
+
+
+def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+    """Call an API method without deserializing its answer; return the body and release the connection."""
+    resp = call(*args, _preload_content=False, **kwargs)
+    try:
+        return resp.data
+    finally:
+        resp.release_conn()
