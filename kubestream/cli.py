@@ -113,7 +113,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(f"kube-apiserver restarted: {local.restart_apiserver().host}")
     else:
         state = local.running()
-        print(json.dumps(vars(state), indent=2) if state else "not running")
+        shown = {k: v for k, v in vars(state).items() if k != "tokens"} if state else None
+        print(json.dumps({**shown, "kubeconfig": state.kubeconfig("admin")}, indent=2) if state else "not running")
         return 0 if state else 1
     return 0
 
