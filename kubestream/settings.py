@@ -107,10 +107,10 @@ def _namespaces(raw: str) -> tuple[str, ...]:
 
 
 def _namespace(raw: str) -> str:
-    (value,) = _namespaces(raw) or ("",)
-    if not value:
-        raise ValueError("expected a namespace name")
-    return value
+    values = _namespaces(raw)
+    if len(values) != 1:
+        raise ValueError("expected one namespace name")
+    return values[0]
 
 
 def _redis_url(raw: str) -> str:
