@@ -142,12 +142,21 @@ class TaskStore:
         pipe.execute()
 
     # -- launcher / watcher side -------------------------------------------------------
-    def launch_verdict(self, pod_name: str, dispatch: str) -> str:
-        """'' if a launch of ``dispatch`` may go ahead, else why not ('revoked', 'stale dispatch')."""
-        revoked, current = self.redis.hmget(self.keys.task(pod_name), "revoked", "dispatch")
-        if dispatch and current and _s(current) != dispatch:
-            return "stale dispatch"
-        return "revoked" if revoked == b"1" else ""
+    def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[str]:
+        """For each (pod name, dispatch): '' if the launch may go ahead, else why not
+        ('revoked', 'stale dispatch'). One round trip for the whole batch."""
+        if not launches:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for pod_name, _ in launches:
+            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch")
+        verdicts = []
+        for (_, dispatch), (revoked, current) in zip(launches, pipe.execute()):
+            if dispatch and current and _s(current) != dispatch:
+                verdicts.append("stale dispatch")
+            else:
+                verdicts.append("revoked" if revoked == b"1" else "")
+        return verdicts
 
     def publish(self, event: TaskStateChanged, dispatch: str = "") -> Published:
         """Atomically: drop if not new (or from another dispatch's pod), else update the last

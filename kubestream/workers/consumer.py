@@ -5,7 +5,7 @@
 - ``reclaim``: entries idle longer than ``min_idle`` on any consumer (a
   crashed launcher) are claimed with XAUTOCLAIM, with their delivery counts;
 - ``read_new``: new entries, blocking at most ``block_ms``;
-- ``ack``: XACK + XDEL in one MULTI, only once an entry's outcome is settled.
+- ``ack``: XACK + XDEL for a batch of entries in one MULTI, only once their outcomes are settled.
 """
 
 from __future__ import annotations
@@ -80,10 +80,14 @@ class StreamConsumer:
             out.append(Entry(stream, eid, fields.get(FIELD, b""), count))
         return out
 
-    def ack(self, entry: Entry) -> None:
+    def ack(self, entries: Sequence[Entry]) -> None:
+        """Acknowledge and delete settled entries, all in one MULTI."""
+        if not entries:
+            return
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(entry.stream, LAUNCH_GROUP, entry.entry_id)
-        pipe.xdel(entry.stream, entry.entry_id)
+        for entry in entries:
+            pipe.xack(entry.stream, LAUNCH_GROUP, entry.entry_id)
+            pipe.xdel(entry.stream, entry.entry_id)
         pipe.execute()
 
     def nothing_pending(self) -> bool:

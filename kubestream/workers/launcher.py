@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -36,7 +37,7 @@ from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
 from kubestream.kubeclient import raw
-from kubestream.messages import DecodeError, LaunchTask, RevokeTask, decode
+from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
@@ -47,6 +48,16 @@ from kubestream.workers.podspec import PodSpecError, build_pod, load_template_ya
 
 log = logging.getLogger("kubestream.launcher")
 REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+@dataclass(slots=True)
+class Work:
+    """A launch entry, decoded, with the verdict looked up for its whole batch."""
+
+    entry: Entry
+    message: Message | None
+    error: DecodeError | None = None
+    verdict: str = ""
 
 
 class _OlderPodExists(Exception):
@@ -70,6 +81,7 @@ class Launcher:
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
         self._inflight: set[Future[None]] = set()
+        self._settled: list[Entry] = []
         self._lock = threading.Condition()
         self.heartbeat = Heartbeat(redis_client, self.keys.health("launcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"queues": ",".join(settings.queues)})
@@ -86,6 +98,7 @@ class Launcher:
             self._dispatch(self.consumer.own_pending())
             while not self.stopping.is_set():
                 try:
+                    self._flush_acks()
                     if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
                         self._dispatch(self._reclaim())
                         last_reclaim = time.monotonic()
@@ -112,6 +125,7 @@ class Launcher:
         with self._lock:
             if self._inflight:
                 return False
+        self._flush_acks()
         return self.consumer.nothing_pending()
 
     def _drain(self) -> None:
@@ -120,6 +134,25 @@ class Launcher:
         for fut in pending:
             fut.result()
         self._pool.shutdown(wait=True)
+        try:
+            self._flush_acks()
+        except redis.RedisError as exc:  # those entries are redelivered later and meet 409: harmless
+            log.warning("could not acknowledge settled entries on exit: %s", exc)
+
+    def _ack(self, entry: Entry) -> None:
+        """Mark an entry settled; the main loop acknowledges settled entries in batches."""
+        with self._lock:
+            self._settled.append(entry)
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            settled, self._settled = self._settled, []
+        try:
+            self.consumer.ack(settled)
+        except redis.RedisError:
+            with self._lock:
+                self._settled[:0] = settled
+            raise
 
     # -- reading -----------------------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -144,8 +177,8 @@ class Launcher:
                                 timeout=self.settings.block_ms / 1000)
 
     def _dispatch(self, entries: list[Entry]) -> int:
-        for entry in entries:
-            fut = self._pool.submit(self._handle_safely, entry)
+        for work in self._prepare(entries):
+            fut = self._pool.submit(self._handle_safely, work)
             with self._lock:
                 self._inflight.add(fut)
             fut.add_done_callback(self._done)
@@ -157,20 +190,35 @@ class Launcher:
             self._inflight.discard(fut)
             self._lock.notify_all()
 
+    def _prepare(self, entries: list[Entry]) -> list[Work]:
+        """Decode a batch and look up, in one round trip, whether each launch may go ahead."""
+        works = []
+        for entry in entries:
+            try:
+                works.append(Work(entry, decode(entry.raw)))
+            except DecodeError as exc:
+                works.append(Work(entry, None, exc))
+        launches = [w for w in works if isinstance(w.message, LaunchTask)]
+        verdicts = self.store.launch_verdicts([(w.message.pod_name, w.message.external_executor_id)
+                                               for w in launches])  # type: ignore[union-attr]
+        for work, verdict in zip(launches, verdicts):
+            work.verdict = verdict
+        return works
+
     # -- handling ----------------------------------------------------------------------------
-    def _handle_safely(self, entry: Entry) -> None:
+    def _handle_safely(self, work: Work) -> None:
         try:
-            self.handle(entry)
+            self.handle(work)
         except Exception:  # never kill the worker thread; the entry stays pending for redelivery
             self.metrics.inc("errors_total")
-            log.exception("unexpected error handling launch entry", extra={"entry": entry.entry_id})
+            log.exception("unexpected error handling launch entry", extra={"entry": work.entry.entry_id})
 
-    def handle(self, entry: Entry) -> None:
+    def handle(self, work: Work) -> None:
+        entry, message = work.entry, work.message
         ctx = {"stream": entry.stream, "entry": entry.entry_id}
-        try:
-            message = decode(entry.raw)
-        except DecodeError as exc:
-            key = exc.key()
+        if work.error is not None or message is None:
+            exc = work.error
+            key = exc.key() if exc is not None else None
             self.store.fail_launch(entry.stream, entry.entry_id, failed(key, f"bad launch message: {exc}") if key else None,
                                    dead_reason=f"decode: {exc}", raw=entry.raw)
             self.metrics.inc("dead_lettered_total")
@@ -187,16 +235,13 @@ class Launcher:
         if isinstance(message, RevokeTask):
             self._revoke(message, entry)
         elif isinstance(message, LaunchTask):
-            self._launch(message, entry, ctx)
+            self._launch(message, entry, ctx, work.verdict)
         else:
             self.store.fail_launch(entry.stream, entry.entry_id, None,
                                    dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
 
-    def _ack(self, entry: Entry) -> None:
-        self.consumer.ack(entry)
-
-    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str]) -> None:
-        if verdict := self.store.launch_verdict(msg.pod_name, msg.external_executor_id):
+    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str) -> None:
+        if verdict:
             self._ack(entry)
             self.metrics.inc("skipped_total")
             log.info("skipped launch: %s", verdict, extra=ctx)

@@ -41,7 +41,8 @@ def test_sigterm_finishes_in_flight_creates_and_leaves_the_rest_pending(settings
     components.start("launcher", settings, cluster.kubeconfig("launcher"))
     finals = driver.run_until([w.ti.key for w in work], timeout=120)
     assert set(finals.values()) == {"success"} and set(driver.final_counts().values()) == {1}
-    assert redis_client.xpending(stream, LAUNCH_GROUP)["pending"] == 0
+    wait_for(lambda: redis_client.xpending(stream, LAUNCH_GROUP)["pending"] == 0, timeout=30,
+             what="every launch acknowledged")
 
 
 def test_a_standby_watcher_takes_over_when_the_leader_dies(settings, cluster, kubelet, components, make_executor,

@@ -59,7 +59,8 @@ def test_300_tasks_with_mixed_outcomes(settings, cluster, kubelet, components, m
             assert reason in (infos[0] or ""), (rule, infos)
     assert set(driver.final_counts().values()) == {1}  # exactly one final event per task
     assert not driver.executor.running
-    assert redis_client.xpending(keys.launch("default"), LAUNCH_GROUP)["pending"] == 0
+    wait_for(lambda: redis_client.xpending(keys.launch("default"), LAUNCH_GROUP)["pending"] == 0, timeout=30,
+             what="every launch acknowledged")
     per_key = results_per_key(redis_client, keys.results("sched-a"))
     assert max(per_key.values()) == 1  # no state published twice
     # succeeded pods are deleted (delete_worker_pods), failed ones kept (delete_worker_pods_on_failure=False)
