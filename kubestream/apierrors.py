@@ -10,7 +10,10 @@ Rules follow Airflow's KubernetesExecutor (``_handle_pod_publish_error``) and
   than AlreadyExists (conflict, "the object has been modified"), 403 "exceeded
   quota", 410, 429, 5xx. ``retry_after`` comes from ``Retry-After`` (delta
   seconds only) on 429 and 5xx (the apiserver sends it on 503 when shutting down).
-- permanent (fail the task): every other status, e.g. 400, 403 forbidden, 404, 422.
+- permanent (fail the task): every other status, e.g. 400, 403 forbidden, 404, 422,
+  and client-side validation errors (ValueError, TypeError).
+- Any other exception is transient: not known to be permanent, it is retried and
+  bounded by ``max_deliveries`` (then dead-lettered with a failed result).
 """
 
 from __future__ import annotations
@@ -158,4 +161,8 @@ def classify_exception(exc: BaseException) -> Outcome:
         return Outcome("transient", f"connection error: {reason}")
     if _is_connection_error(exc):
         return Outcome("transient", f"connection error: {type(exc).__name__}: {exc}"[:MAX_MESSAGE])
-    return Outcome("permanent", f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE])
+    if isinstance(exc, (ValueError, TypeError)):  # the request itself is wrong (client-side validation)
+        return Outcome("permanent", f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE])
+    # Anything else is not known to be permanent: retried, and bounded by max_deliveries
+    # (then dead-lettered with a failed result) rather than failing a task on a client glitch.
+    return Outcome("transient", f"unexpected error: {type(exc).__name__}: {exc}"[:MAX_MESSAGE])

@@ -82,6 +82,8 @@ class Launcher:
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
         self._inflight: set[Future[None]] = set()
         self._settled: list[Entry] = []
+        self._acker_stop = False
+        self._acker = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._lock = threading.Condition()
         self.heartbeat = Heartbeat(redis_client, self.keys.health("launcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"queues": ",".join(settings.queues)})
@@ -91,6 +93,7 @@ class Launcher:
         """Serve until ``stop()``; ``until_idle`` returns once nothing is pending or new (tests, burst)."""
         self.consumer.ensure_groups()
         self.heartbeat.start()
+        self._acker.start()
         started = time.monotonic()
         last_reclaim = 0.0
         outage = 0
@@ -98,7 +101,6 @@ class Launcher:
             self._dispatch(self.consumer.own_pending())
             while not self.stopping.is_set():
                 try:
-                    self._flush_acks()
                     if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
                         self._dispatch(self._reclaim())
                         last_reclaim = time.monotonic()
@@ -123,9 +125,8 @@ class Launcher:
 
     def _idle(self) -> bool:
         with self._lock:
-            if self._inflight:
+            if self._inflight or self._settled:
                 return False
-        self._flush_acks()
         return self.consumer.nothing_pending()
 
     def _drain(self) -> None:
@@ -134,47 +135,55 @@ class Launcher:
         for fut in pending:
             fut.result()
         self._pool.shutdown(wait=True)
-        try:
-            self._flush_acks()
-        except redis.RedisError as exc:  # those entries are redelivered later and meet 409: harmless
-            log.warning("could not acknowledge settled entries on exit: %s", exc)
+        with self._lock:
+            self._acker_stop = True
+            self._lock.notify_all()
+        self._acker.join(timeout=30)
 
     def _ack(self, entry: Entry) -> None:
-        """Mark an entry settled; the main loop acknowledges settled entries in batches."""
+        """Mark an entry settled; the acker thread acknowledges settled entries in batches."""
         with self._lock:
             self._settled.append(entry)
+            self._lock.notify_all()
 
-    def _flush_acks(self) -> None:
-        with self._lock:
-            settled, self._settled = self._settled, []
-        try:
-            self.consumer.ack(settled)
-        except redis.RedisError:
+    def _ack_loop(self) -> None:
+        """Acknowledge settled entries as they come: one MULTI per batch that gathered meanwhile."""
+        failures = 0
+        while True:
             with self._lock:
-                self._settled[:0] = settled
-            raise
+                self._lock.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
+                batch, self._settled = self._settled, []
+                if not batch and self._acker_stop:
+                    return
+            try:
+                self.consumer.ack(batch)
+                failures = 0
+            except redis.RedisError as exc:  # unacknowledged entries are redelivered and meet 409
+                with self._lock:
+                    self._settled[:0] = batch
+                    if self._acker_stop and failures >= 3:
+                        log.warning("could not acknowledge %d settled entries on exit: %s", len(batch), exc)
+                        return
+                failures += 1
+                time.sleep(backoff_delay(failures, base=0.2, cap=5.0))
 
     # -- reading -----------------------------------------------------------------------------
-    def _free_slots(self) -> int:
-        with self._lock:
-            return self.settings.launch_concurrency - len(self._inflight)
-
     def _read_new(self) -> list[Entry]:
-        free = self._free_slots()
-        if free <= 0:
-            self._wait_for_slot()
-            return []
+        """Read in batches: once no more than ``launch_concurrency`` entries are in hand, read up to
+        as many again, so the create threads always have work queued and every read, dispatch
+        check and acknowledgement covers a batch."""
+        concurrency = self.settings.launch_concurrency
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._inflight) <= concurrency,
+                                       timeout=self.settings.block_ms / 1000):
+                return []
+            free = 2 * concurrency - len(self._inflight)
         return self.consumer.read_new(free, self.settings.block_ms)
 
     def _reclaim(self) -> list[Entry]:
         claimed = self.consumer.reclaim()
         self.metrics.inc("reclaimed_total", len(claimed))
         return claimed
-
-    def _wait_for_slot(self) -> None:
-        with self._lock:
-            self._lock.wait_for(lambda: len(self._inflight) < self.settings.launch_concurrency,
-                                timeout=self.settings.block_ms / 1000)
 
     def _dispatch(self, entries: list[Entry]) -> int:
         for work in self._prepare(entries):
@@ -343,6 +352,8 @@ class Launcher:
                 outcome = Outcome("transient", str(exc))
             except Exception as exc:  # classified below; unknown errors are permanent
                 outcome = classify_exception(exc)
+                if not isinstance(exc, k8s.ApiException) and outcome.kind == "permanent":
+                    log.error("unexpected error from the API client", exc_info=True, extra=ctx)
             if outcome.kind != "transient":
                 return outcome
             self.metrics.inc("transient_errors_total")

@@ -141,7 +141,9 @@ class UnrelatedError(Exception):
         pytest.param(IncompleteRead(b"abc"), "transient", None, "IncompleteRead", id="incomplete-read"),
         pytest.param(ValueError("Invalid value for `containers`, must not be `None`"), "permanent", None,
                      "ValueError: Invalid value", id="value-error"),
-        pytest.param(UnrelatedError("oops"), "permanent", None, "UnrelatedError: oops", id="other"),
+        pytest.param(UnrelatedError("oops"), "transient", None, "unexpected error: UnrelatedError: oops", id="other"),
+        pytest.param(AttributeError("'NoneType' object has no attribute 'decode'"), "transient", None,
+                     "AttributeError", id="client-glitch"),
     ],
 )
 def test_classify_exception(exc, kind, retry_after, in_message):
