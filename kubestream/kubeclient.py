@@ -30,8 +30,18 @@ def api_client(kubeconfig: str = "", context: str = "", *, pool_size: int = 16) 
 
 
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
-    """Call an API method without deserializing its answer; return the body and release the connection."""
-    resp = call(*args, _preload_content=False, **kwargs)
+    """Call an API method without deserializing its answer; return the body and release the connection.
+
+    The client masks an error response whose body it cannot read (``e.body.decode`` on None in
+    ``ApiClient.__call_api``) with an AttributeError; the ApiException it hid, with its status,
+    is raised instead so that it is classified like any other API error.
+    """
+    try:
+        resp = call(*args, _preload_content=False, **kwargs)
+    except AttributeError as exc:
+        if isinstance(exc.__context__, client.ApiException):
+            raise exc.__context__ from None
+        raise
     try:
         return resp.data
     finally:
