@@ -3,9 +3,13 @@
 One consumer group (``launchers``) per queue stream; this process is one
 consumer. Reliability rules (docs/architecture.md has the full story):
 
+- entries are read in batches (up to twice ``launch_concurrency`` in hand),
+  their dispatch checks (revoked? superseded?) looked up in one round trip;
 - an entry is acknowledged (and deleted) only once its outcome is settled:
   pod created, 409 AlreadyExists (a redelivery: success), a permanent API
-  error or bad input (failed result published in the same Lua call);
+  error or bad input (failed result published in the same Lua call); an acker
+  thread acknowledges settled entries in batches (a crash before that means a
+  redelivery, which meets 409);
 - on start the consumer first re-handles its own pending entries, and it
   periodically reclaims (XAUTOCLAIM) entries idle longer than
   ``reclaim_idle_seconds`` on consumers that died;
