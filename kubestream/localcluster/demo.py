@@ -6,7 +6,8 @@ the watcher, and Airflow (api-server, dag-processor, scheduler) with
 ``KubeStreamExecutor``; triggers the ``kubestream_demo`` DAG, shows progress,
 prints where the UI is and a summary, and stops everything it started (also on
 Ctrl-C). ``--keep`` leaves it running for the UI until Ctrl-C; ``--down``
-stops a demo left running by a terminal that went away.
+stops a demo left running by a terminal that went away. Logs stay in the state
+directory until the next run, which starts from scratch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return _down_leftover()
     if (STATE_DIR / "pids.json").exists():
         _down_leftover()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)  # the previous run's logs and data: each run starts fresh
+    STATE_DIR.mkdir(parents=True)
     demo = Demo(STATE_DIR)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
