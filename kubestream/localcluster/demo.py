@@ -7,7 +7,8 @@ the watcher, and Airflow (api-server, dag-processor, scheduler) with
 prints where the UI is and a summary, and stops everything it started (also on
 Ctrl-C). ``--keep`` leaves it running for the UI until Ctrl-C; ``--down``
 stops a demo left running by a terminal that went away. Logs stay in the state
-directory until the next run, which starts from scratch.
+directory (``KUBESTREAM_DEMO_DIR``, default /tmp/kubestream-demo-<uid>)
+until the next run, which starts from scratch.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from kubestream.localcluster.redisserver import RedisServer
 
 DAG_ID = "kubestream_demo"
 NAMESPACE = "kubestream-demo"
-STATE_DIR = Path(tempfile.gettempdir()) / f"kubestream-demo-{os.getuid()}"
+STATE_DIR = Path(os.environ.get("KUBESTREAM_DEMO_DIR", Path(tempfile.gettempdir()) / f"kubestream-demo-{os.getuid()}"))
 
 
 def _say(text: str) -> None:
