@@ -68,10 +68,14 @@ def _now() -> str:
 
 def _transient(exc: BaseException) -> bool:
     """A kubelet keeps retrying: only 404 (pod gone), 409 (replaced / bound elsewhere) and 422 are final.
-    401/403 included: a restarting apiserver answers them until its RBAC caches are loaded."""
+    401/403 included: a restarting apiserver answers them until its RBAC caches are loaded. Any other
+    error is retried too, e.g. the client's AttributeError that masks an error response whose body
+    it could not read (the ApiException is its context)."""
+    if isinstance(exc, AttributeError) and isinstance(exc.__context__, ApiException):
+        exc = exc.__context__
     if isinstance(exc, ApiException):
         return exc.status not in (404, 409, 422)
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
+    return True
 
 
 @dataclass(eq=False)
