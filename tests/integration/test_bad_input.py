@@ -91,6 +91,20 @@ def start_pipeline(components: Components, settings, cluster, **launcher_overrid
     return launcher
 
 
+def fails_beside_a_normal_task(bad: Any, components: Components, settings, cluster, make_executor) -> str:
+    """Run ``bad`` next to a normal task: ``bad`` fails, the normal one succeeds, one final event
+    each. Returns the failure info of ``bad``."""
+    start_pipeline(components, settings, cluster)
+    driver = Driver(make_executor())
+    normal = workload("badinput", "normal")
+    driver.submit([bad, normal])
+    finals = driver.run_until([bad.ti.key, normal.ti.key], timeout=TIMEOUT)
+    assert finals == {bad.ti.key: "failed", normal.ti.key: "success"}
+    assert set(driver.final_counts().values()) == {1}
+    (info,) = infos(driver, bad.ti.key)
+    return info
+
+
 # -- 1. not a message at all ---------------------------------------------------------------------------
 
 
@@ -173,15 +187,8 @@ def test_unknown_schema_version_is_dead_lettered_and_fails_its_task(
 
 def test_invalid_pod_override_fails_the_task_and_is_dead_lettered(
         settings, cluster, kubelet, components, make_executor, redis_client, keys, core) -> None:
-    start_pipeline(components, settings, cluster)
-    driver = Driver(make_executor())
     bad = workload("badinput", "bad-spec", executor_config={"pod_override": {"spec": {"containers": "not-a-list"}}})
-    normal = workload("badinput", "normal")
-    driver.submit([bad, normal])
-    finals = driver.run_until([bad.ti.key, normal.ti.key], timeout=TIMEOUT)
-    assert finals == {bad.ti.key: "failed", normal.ti.key: "success"}
-    assert set(driver.final_counts().values()) == {1}
-    (info,) = infos(driver, bad.ti.key)
+    info = fails_beside_a_normal_task(bad, components, settings, cluster, make_executor)
     assert info.startswith("invalid pod spec:") and "containers must be a list" in info, info
 
     (dead,) = dead_letters(redis_client, keys)
@@ -229,14 +236,7 @@ def test_pod_rejected_by_the_api_with_422_fails_the_task(
         core.create_namespaced_pod(settings.namespace, merged, dry_run="All")
     assert rejected.value.status == 422
 
-    start_pipeline(components, settings, cluster)
-    driver = Driver(make_executor())
-    normal = workload("badinput", "normal")
-    driver.submit([bad, normal])
-    finals = driver.run_until([bad.ti.key, normal.ti.key], timeout=TIMEOUT)
-    assert finals == {bad.ti.key: "failed", normal.ti.key: "success"}
-    assert set(driver.final_counts().values()) == {1}
-    (info,) = infos(driver, bad.ti.key)
+    info = fails_beside_a_normal_task(bad, components, settings, cluster, make_executor)
     assert info.startswith("422 ") and "Invalid value" in info and "Bad_Name!" in info, info
     assert not pod_exists(core, settings.namespace, pod_name(bad))
     wait_for(lambda: pending(redis_client, keys) == 0, timeout=30, what="nothing pending in group launchers")
