@@ -63,12 +63,12 @@ sys.path.insert(0, str(ROOT))
 from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP, Keys
-from kubestream.localcluster.cluster import ClusterState, LocalCluster
+from devkit.cluster import ClusterState, LocalCluster
 from kubestream.kubeclient import api_client, raw
-from kubestream.localcluster.procs import free_port, stop_pid
-from kubestream.localcluster.redisserver import RedisServer
+from devkit.procs import free_port, stop_pid
+from devkit.redisserver import RedisServer
 from kubestream.messages import TaskState, TaskStateChanged
-from kubestream.settings import FIELDS, Settings
+from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
@@ -165,13 +165,13 @@ def run_helper(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     if args.kind == "proxy":
-        from kubestream.localcluster.faultproxy import HttpFaultProxy
+        from devkit.faultproxy import HttpFaultProxy
 
         server: Any = HttpFaultProxy("127.0.0.1", args.target_port, listen_port=args.listen_port,
                                      ca_file=args.ca_file).start()
         server.latency_ms = args.latency_ms
     else:
-        from kubestream.localcluster.kubelet import SimKubelet
+        from devkit.kubelet import SimKubelet
 
         server = SimKubelet(api_client(args.kubeconfig, pool_size=16), node_name="bench-node",
                             mode="rules", default_rule="succeed", namespaces=[args.namespace]).start()
@@ -208,9 +208,7 @@ def proxied_kubeconfig(work: Path, proxy_url: str, state: ClusterState, identity
 
 def component_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESTREAM_")}
-    for f in FIELDS:
-        value = getattr(settings, f.name)
-        env[f"KUBESTREAM_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env.update(settings.to_env())
     env.update({f"KUBESTREAM_{k.upper()}": v for k, v in overrides.items()})
     return env
 
@@ -291,7 +289,7 @@ def launchers_round(settings: Settings, children: Children, procs: list[subproce
         pipe = r.pipeline(transaction=True)
         for i in range(pods):
             key = TaskKey("ks", f"t{i}", run, 1)
-            store.dispatch(pipe, key, owner="bench", queue=settings.queues[0], namespace=ns, dispatch="")
+            store.record_dispatch(pipe, key, owner="bench", queue=settings.queues[0], namespace=ns, dispatch="")
             pipe.xadd(stream, {FIELD: encode(LaunchTask(key, settings.queues[0], "bench", "{}"))})
         t0 = time.perf_counter()
         pipe.execute()

@@ -7,8 +7,9 @@ kubernetes; components live in subpackages:
 - ``kubestream.executor``: the Airflow executor (imports airflow).
 - ``kubestream.workers``: the launchers that create pods.
 - ``kubestream.watcher``: the watcher that publishes pod state changes.
-- ``kubestream.localcluster``: a real local kube-apiserver + etcd and a
-  simulated kubelet, for tests and the local demo.
+
+The local control plane, simulated kubelet and demo are development tools in
+the repository's top-level ``devkit`` package, which the wheel does not ship.
 """
 
 __version__ = "0.1.0"

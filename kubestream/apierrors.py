@@ -38,11 +38,6 @@ class Outcome:
     message: str = ""
     retry_after: float | None = None
 
-    @property
-    def ok(self) -> bool:
-        """The pod exists now (created by this call or an earlier one)."""
-        return self.kind in ("created", "exists")
-
 
 def parse_retry_after(value: str | bytes | None) -> float | None:
     """``Retry-After`` as seconds; None for a missing, negative, HTTP-date or garbage value."""

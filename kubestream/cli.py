@@ -1,4 +1,4 @@
-"""`kubestream` command line: launcher, watcher, status, cluster, kubelet, settings.
+"""`kubestream` command line: launcher, watcher, status, settings.
 
 The same verbs are reachable as ``airflow kubestream ...`` through the
 executor's ``get_cli_commands()``.
@@ -95,42 +95,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from kubestream.localcluster.cluster import LocalCluster, provision
-
-    local = LocalCluster(args.dir)
-    if args.action == "provision":
-        print(provision())
-    elif args.action == "up":
-        state = local.up(tuple(args.namespace or ()))
-        print(f"kube-apiserver: {state.host}\nkubeconfig (admin): {state.kubeconfig('admin')}")
-        for identity in ("launcher", "watcher", "kubelet", "executor"):
-            print(f"kubeconfig ({identity}): {state.kubeconfig(identity)}")
-    elif args.action == "down":
-        local.down()
-        print("local cluster stopped")
-    elif args.action == "restart-apiserver":
-        print(f"kube-apiserver restarted: {local.restart_apiserver().host}")
-    else:
-        state = local.running()
-        shown = {k: v for k, v in vars(state).items() if k != "tokens"} if state else None
-        print(json.dumps({**shown, "kubeconfig": state.kubeconfig("admin")}, indent=2) if state else "not running")
-        return 0 if state else 1
-    return 0
-
-
-def cmd_kubelet(args: argparse.Namespace) -> int:
-    from kubestream import logs
-    from kubestream.kubeclient import api_client
-    from kubestream.localcluster.kubelet import SimKubelet
-
-    logs.configure(args.log_level)
-    kubelet = SimKubelet(api_client(args.kubeconfig), node_name=args.node_name, mode=args.mode,
-                         default_rule=args.default_rule)
-    kubelet.run_forever()
-    return 0
-
-
 def cmd_settings(args: argparse.Namespace) -> int:
     from kubestream.settings import markdown_table
 
@@ -155,18 +119,6 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="streams, lag, pending, dead letters, watcher lease")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("cluster", help="a local kube-apiserver + etcd for tests and the demo")
-    p.add_argument("action", choices=["provision", "up", "down", "status", "restart-apiserver"])
-    p.add_argument("--dir", default=None, help="state directory (default: $KUBESTREAM_CLUSTER_DIR or /tmp)")
-    p.add_argument("--namespace", action="append", help="extra namespace to create (repeatable)")
-    p.set_defaults(func=cmd_cluster)
-    p = sub.add_parser("kubelet", help="the simulated kubelet for the local cluster")
-    p.add_argument("--kubeconfig", required=True)
-    p.add_argument("--node-name", default="kubestream-node")
-    p.add_argument("--mode", choices=["rules", "process"], default="rules")
-    p.add_argument("--default-rule", default="succeed")
-    p.add_argument("--log-level", default="INFO")
-    p.set_defaults(func=cmd_kubelet)
     p = sub.add_parser("settings", help="print the effective settings, or the README table")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_settings)

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
+from kubestream.text import as_text
+
 log = logging.getLogger("kubestream.health")
 
 
@@ -100,7 +102,7 @@ def check(client: redis.Redis, pattern: str, max_age: float) -> list[str]:
     for key in client.scan_iter(match=pattern, count=1000):
         ts = client.hget(key, "ts")
         if ts is not None and now - float(ts) <= max_age:
-            fresh.append(key.decode())
+            fresh.append(as_text(key))
     return fresh
 
 

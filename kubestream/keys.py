@@ -2,7 +2,7 @@
 
 The prefix is wrapped in braces (``{kubestream}:...``) so that all keys hash
 to one Redis Cluster slot: Lua scripts touch several of them at once.
-The key table in docs/redis.md documents each one; keep them in sync.
+The key table in docs/architecture.md documents each one; keep them in sync.
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ class Keys:
     def task(self, pod_name: str) -> str:
         """Hash per task try: owner, key fields, queue, namespace, last state, revoked."""
         return f"{self.base}:task:{pod_name}"
-
-    def task_prefix(self) -> str:
-        return f"{self.base}:task:"
 
     @property
     def live(self) -> str:

@@ -64,7 +64,6 @@ class LaunchTask:
     external_executor_id: str = ""
     pod_override: dict[str, Any] | None = None  # V1Pod as API JSON (camelCase)
     pod_template: dict[str, Any] | None = None  # executor_config pod_template_file, loaded
-    queued_at: float = 0.0
     type: str = field(default="launch", init=False)
 
     @property
@@ -178,7 +177,7 @@ def _check_types(message: Message) -> None:
         value = getattr(message, name, None)
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a map")
-    for name in ("queued_at", "at"):
+    for name in ("at",):
         value = getattr(message, name, None)
         if value is not None and not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number")

@@ -27,5 +27,5 @@ def connect(settings: Settings, *, role: str = "worker") -> redis.Redis:
         socket_connect_timeout=min(timeout, 2.0),
         retry=Retry(backoff, retries),
         health_check_interval=30,
-        protocol=2,  # RESP2 replies: XREADGROUP returns lists (see docs/redis.md)
+        protocol=2,  # RESP2 replies: XREADGROUP returns lists (see docs/architecture.md)
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 ENV_PREFIX = "KUBESTREAM_"
 AIRFLOW_SECTION = "kubestream"
+AIRFLOW_ENV_PREFIX = "AIRFLOW__KUBESTREAM__"
 
 DEFAULT_FATAL_REASONS = (
     "CreateContainerConfigError",
@@ -255,6 +256,11 @@ class Settings:
             return self.watch_namespaces
         return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map().values())))
 
+    def to_env(self, prefix: str = ENV_PREFIX) -> dict[str, str]:
+        """Every setting as a variable ``<prefix><NAME>`` whose value parses back to the same setting
+        (``KUBESTREAM_`` for launchers and watcher, ``AIRFLOW__KUBESTREAM__`` for the executor)."""
+        return {f"{prefix}{f.name.upper()}": format_value(getattr(self, f.name)) for f in FIELDS}
+
     def member_name(self) -> str:
         """This process's consumer / lease-holder name."""
         import os
@@ -268,6 +274,15 @@ def _var(source: str, key: str) -> str:
     return f"[{source}] {key}"
 
 
+def format_value(value: object) -> str:
+    """A setting's value in the text form its parser reads (lists comma-separated, booleans lowercase)."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 FIELDS = dataclasses.fields(Settings)
 _FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -276,12 +291,10 @@ def markdown_table() -> str:
     """The README's configuration table."""
     rows = ["| name | env / Airflow config | default | meaning |", "|---|---|---|---|"]
     for f in FIELDS:
-        default = f.default
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        shown = f"`{default}`" if default not in ("", ()) else "(empty)"
+        default = format_value(f.default)
+        shown = f"`{default}`" if default else "(empty)"
         rows.append(
-            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` / `AIRFLOW__KUBESTREAM__{f.name.upper()}` "
+            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` / `{AIRFLOW_ENV_PREFIX}{f.name.upper()}` "
             f"| {shown} | {f.metadata['doc']} |"
         )
     return "\n".join(rows)

@@ -10,33 +10,31 @@ import redis
 
 from kubestream.keys import Keys
 from kubestream.settings import Settings
+from kubestream.text import as_text, decode_hash
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _stream(client: redis.Redis, key: str) -> dict[str, Any]:
     info: dict[str, Any] = {"stream": key, "length": client.xlen(key), "groups": []}
     for g in client.xinfo_groups(key):
-        group = {"name": _s(g["name"]), "pending": g["pending"], "lag": g.get("lag"), "consumers": []}
+        group = {"name": as_text(g["name"]), "pending": g["pending"], "lag": g.get("lag"), "consumers": []}
         for c in client.xinfo_consumers(key, g["name"]):
-            group["consumers"].append({"name": _s(c["name"]), "pending": c["pending"], "idle_ms": c["idle"]})
+            group["consumers"].append({"name": as_text(c["name"]), "pending": c["pending"], "idle_ms": c["idle"]})
         info["groups"].append(group)
     return info
 
 
 def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     keys = Keys(settings.key_prefix)
-    launch = sorted(_s(k) for k in client.scan_iter(match=keys.launch_pattern, count=1000))
-    results = sorted(_s(k) for k in client.scan_iter(match=keys.results_pattern, count=1000))
-    dead = [{"id": _s(eid), "reason": _s(f.get(b"reason", b"")), "task": _s(f.get(b"task", b""))}
+    launch = sorted(as_text(k) for k in client.scan_iter(match=keys.launch_pattern, count=1000))
+    results = sorted(as_text(k) for k in client.scan_iter(match=keys.results_pattern, count=1000))
+    dead = [{"id": as_text(eid), "reason": as_text(f.get(b"reason", b"")), "task": as_text(f.get(b"task", b""))}
             for eid, f in client.xrevrange(keys.dead, count=10)]
     health = []
     now = time.time()
     for key in sorted(client.scan_iter(match=keys.health_pattern, count=1000)):
-        rec = {_s(k): _s(v) for k, v in client.hgetall(key).items()}
-        health.append({"key": _s(key), "age_s": round(now - float(rec.get("ts", 0)), 1),
+        rec = decode_hash(client.hgetall(key))
+        health.append({"key": as_text(key), "age_s": round(now - float(rec.get("ts", 0)), 1),
                        "metrics": json.loads(rec.get("metrics", "{}")),
                        **{k: v for k, v in rec.items() if k not in ("ts", "metrics")}})
     return {
@@ -45,7 +43,7 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "result_streams": [_stream(client, k) for k in results],
         "dead_letters": {"count": client.xlen(keys.dead), "latest": dead},
         "live_pods": client.scard(keys.live),
-        "watcher_lease": _s(client.get(keys.watcher_lease) or b"") or None,
+        "watcher_lease": as_text(client.get(keys.watcher_lease) or b"") or None,
         "processes": health,
     }
 

@@ -5,7 +5,7 @@ A task record is the hash ``{prefix}:task:<pod name>`` with fields
 ``task_id``, ``run_id``, ``try_number``, ``map_index``, ``queue``,
 ``namespace``, ``dispatch`` (the external executor id of the current dispatch:
 Airflow assigns a new one every time it queues the task), ``state`` and
-``reason`` (last published), ``seq`` (events published), ``revoked`` ("1"
+``reason`` (last published), ``revoked`` ("1"
 once the current dispatch is revoked) and ``updated`` (epoch seconds).
 A pod carries its dispatch id in the annotation ``kubestream.io/dispatch``;
 events from a pod of an older dispatch of the same key are dropped.
@@ -31,6 +31,7 @@ from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.messages import TaskState, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.taskkey import TaskKey
+from kubestream.text import as_text, decode_hash
 
 # KEYS[1] = task hash. ARGV[1] = key base "{prefix}", ARGV[2] = state, ARGV[3] = reason,
 # ARGV[4] = encoded event, ARGV[5] = results MAXLEN, ARGV[6] = TTL after a final state,
@@ -50,7 +51,6 @@ local function publish(task, base, state, reason, event, maxlen, ttl, now, where
   local rank = {queued = 0, pending = 1, running = 2, succeeded = 3, failed = 3}
   if last and rank[last] and rank[state] < rank[last] then return {0, 'stale: ' .. state .. ' after ' .. last} end
   redis.call('HSET', task, 'state', state, 'reason', reason, 'updated', now)
-  redis.call('HINCRBY', task, 'seq', 1)
   local id = redis.call('XADD', base .. ':results:' .. owner, 'MAXLEN', '~', maxlen, '*', 'm', event)
   if state == 'succeeded' or state == 'failed' then
     redis.call('EXPIRE', task, ttl)
@@ -115,7 +115,7 @@ class TaskStore:
         self._adopt = client.register_script(_ADOPT)
 
     # -- executor side ---------------------------------------------------------------
-    def dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
+    def record_dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
                  dispatch: str) -> None:
         """Queue the commands that (re)start a task's record for a new dispatch on ``pipe``."""
         record = self.keys.task(key.pod_name())
@@ -132,7 +132,7 @@ class TaskStore:
         if not pod_names:
             return []
         rows = self._adopt(keys=[self.keys.task(p) for p in pod_names], args=[owner])
-        return [(_s(r[0]), _s(r[1])) if r else None for r in rows]
+        return [(as_text(r[0]), as_text(r[1])) if r else None for r in rows]
 
     def revoke(self, pod_names: Iterable[str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -152,7 +152,7 @@ class TaskStore:
             pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch")
         verdicts = []
         for (_, dispatch), (revoked, current) in zip(launches, pipe.execute()):
-            if dispatch and current and _s(current) != dispatch:
+            if dispatch and current and as_text(current) != dispatch:
                 verdicts.append("stale dispatch")
             else:
                 verdicts.append("revoked" if revoked == b"1" else "")
@@ -186,10 +186,10 @@ class TaskStore:
 
     def live_pods(self) -> set[tuple[str, str]]:
         """(namespace, pod) of tasks last published pending or running."""
-        return {tuple(_s(m).split("/", 1)) for m in self.redis.smembers(self.keys.live)}  # type: ignore[misc]
+        return {tuple(as_text(m).split("/", 1)) for m in self.redis.smembers(self.keys.live)}  # type: ignore[misc]
 
     def record(self, pod_name: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.redis.hgetall(self.keys.task(pod_name)).items()}
+        return decode_hash(self.redis.hgetall(self.keys.task(pod_name)))
 
 
 def failed(key: TaskKey, reason: str, namespace: str = "") -> TaskStateChanged:
@@ -197,13 +197,8 @@ def failed(key: TaskKey, reason: str, namespace: str = "") -> TaskStateChanged:
                             namespace=namespace, at=time.time())
 
 
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def _published(res: list) -> Published:
     if int(res[0]) == 1:
-        return Published(True, _s(res[1]), _s(res[2]))
-    return Published(False, _s(res[1]))
+        return Published(True, as_text(res[1]), as_text(res[2]))
+    return Published(False, as_text(res[1]))

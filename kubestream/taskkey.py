@@ -47,15 +47,6 @@ class TaskKey:
         readable = readable[:room].strip("-")
         return f"ks-{readable}-{suffix}" if readable else f"ks-{suffix}"
 
-    def same_instance(self, other: TaskKey) -> bool:
-        """True if both keys name the same task instance (any try)."""
-        return (self.dag_id, self.task_id, self.run_id, self.map_index) == (
-            other.dag_id,
-            other.task_id,
-            other.run_id,
-            other.map_index,
-        )
-
     def as_tuple(self) -> tuple[str, str, str, int, int]:
         return (self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
 

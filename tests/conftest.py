@@ -3,7 +3,7 @@
 - ``redis_server``: a real redis-server on a free loopback port.
 - ``redis_client`` / ``settings``: a client and Settings for a fresh key prefix per test
   (so tests never see each other's streams).
-- ``cluster``: the real local kube-apiserver + etcd (``kubestream.localcluster``).
+- ``cluster``: the real local kube-apiserver + etcd (``devkit``).
 - ``admin_api`` / ``api_for(identity)``: ApiClients acting as the admin or a component.
 - ``namespace``: a fresh namespace per test, with the launcher/watcher roles bound.
 """
@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from kubestream.keys import Keys
-from kubestream.localcluster.cluster import ClusterState, LocalCluster
-from kubestream.localcluster.redisserver import RedisServer
+from devkit.cluster import ClusterState, LocalCluster
+from devkit.redisserver import RedisServer
 from kubestream.settings import Settings
 
 
@@ -116,7 +116,7 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
 def kubelet(cluster: ClusterState, namespace: str) -> Iterator[object]:
     """A simulated kubelet (rules mode) for this test's namespace, on a node of its own."""
     from kubestream.kubeclient import api_client
-    from kubestream.localcluster.kubelet import SimKubelet
+    from devkit.kubelet import SimKubelet
 
     api = api_client(cluster.kubeconfig("kubelet"), pool_size=16)
     sim = SimKubelet(api, node_name=f"node-{namespace}", namespaces=[namespace]).start()

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from kubestream.executor import KubeStreamExecutor
-from kubestream.localcluster.procs import stop_pid, wait_for
-from kubestream.settings import FIELDS, Settings
+from devkit.procs import stop_pid, wait_for
+from kubestream.settings import AIRFLOW_ENV_PREFIX, Settings
 
 
 # Airflow settings that make a dead scheduler's tasks adoptable within seconds (e2e)
@@ -54,20 +54,13 @@ def sim(rule: str) -> dict:
 
 
 def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in FIELDS:
-        value = getattr(settings, f.name)
-        env[f"KUBESTREAM_{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env = {**os.environ, **settings.to_env()}
     env.update({f"KUBESTREAM_{k.upper()}": v for k, v in overrides.items()})
     return env
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    out = {}
-    for f in FIELDS:
-        value = getattr(settings, f.name)
-        out[f"AIRFLOW__KUBESTREAM__{f.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return out
+    return settings.to_env(AIRFLOW_ENV_PREFIX)
 
 
 class Components:

@@ -12,12 +12,16 @@ def _settings_to_env() -> None:
 
     from airflow.configuration import conf
 
-    from kubestream.settings import ENV_PREFIX, FIELDS
+    from kubestream.executor.config import settings_from_airflow
 
-    for f in FIELDS:
-        value = conf.get("kubestream", f.name, fallback=None)
-        if value is not None:
-            os.environ.setdefault(f"{ENV_PREFIX}{f.name.upper()}", str(value))
+    from kubestream.settings import SettingsError
+
+    try:
+        settings = settings_from_airflow(conf)
+    except SettingsError as exc:
+        raise SystemExit(f"kubestream: configuration error: {exc}") from None
+    for name, value in settings.to_env().items():
+        os.environ.setdefault(name, value)
 
 
 def _run(argv_prefix: list[str]) -> Any:

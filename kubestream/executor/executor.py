@@ -18,11 +18,12 @@ import redis
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
 from kubestream.executor import results
-from kubestream.executor.dispatch import ExecutorConfigError, launch_message, task_key
+from kubestream.executor.config import settings_from_airflow
+from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, encode
 from kubestream.redisconn import connect
-from kubestream.settings import AIRFLOW_SECTION, FIELDS, Settings
+from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 
@@ -48,12 +49,7 @@ class KubeStreamExecutor(BaseExecutor):
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
         """Every setting from ``[kubestream]`` (config file, AIRFLOW__KUBESTREAM__* env, _cmd, _secret)."""
-        values = {}
-        for f in FIELDS:
-            value = self.conf.get(AIRFLOW_SECTION, f.name, fallback=None)
-            if value is not None:
-                values[f.name] = value
-        return Settings.from_mapping(values, source=AIRFLOW_SECTION)
+        return settings_from_airflow(self.conf)
 
     def start(self) -> None:
         self.settings = self.load_settings()
@@ -106,7 +102,7 @@ class KubeStreamExecutor(BaseExecutor):
             return
         pipe = self.redis.pipeline(transaction=True)
         for _, msg in launches:
-            self.store.dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
+            self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
                                 namespace=self.settings.namespace_for_queue(msg.queue),
                                 dispatch=msg.external_executor_id)
             pipe.xadd(self.keys.launch(msg.queue), {FIELD: encode(msg)})

@@ -13,14 +13,12 @@ from kubestream import __version__
 
 
 def get_provider_info() -> dict[str, Any]:
-    from kubestream.settings import FIELDS
+    from kubestream.settings import FIELDS, format_value
 
     options = {}
     for f in FIELDS:
-        default = ",".join(f.default) if isinstance(f.default, tuple) else str(f.default).lower() \
-            if isinstance(f.default, bool) else str(f.default)
         options[f.name] = {"description": f.metadata["doc"], "version_added": "0.1.0", "type": "string",
-                           "example": None, "default": default}
+                           "example": None, "default": format_value(f.default)}
     return {
         "package-name": "kubestream",
         "name": "kubestream",

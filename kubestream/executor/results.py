@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kubestream.executor.dispatch import airflow_key
+from kubestream.executor.launches import airflow_key
 from kubestream.messages import FIELD, DecodeError, TaskState, TaskStateChanged, decode
 from kubestream.taskkey import TaskKey
 

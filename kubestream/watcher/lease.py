@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis
 
+from kubestream.text import as_text
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -32,4 +34,4 @@ class Lease:
 
     def holder_now(self) -> str | None:
         value = self.client.get(self.key)
-        return value.decode() if value else None
+        return as_text(value) or None

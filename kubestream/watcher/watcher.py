@@ -41,6 +41,7 @@ from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
 from kubestream.watcher.podkey import key_from_annotations
+from kubestream.text import as_text
 
 log = logging.getLogger("kubestream.watcher")
 SELECTOR = f"{MANAGED_LABEL}=true"
@@ -192,7 +193,7 @@ class NamespaceWatch:
         return self.term.is_set() or self.w.stopping.is_set()
 
     def run(self) -> None:
-        rv = _s(self.w.redis.get(self.rv_key))
+        rv = as_text(self.w.redis.get(self.rv_key))
         failures = 0
         while not self._stopped():
             try:
@@ -285,9 +286,3 @@ def _lines(resp: Any):  # noqa: ANN202 - generator of bytes lines
                 yield line
     if buf.strip():
         yield buf
-
-
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value

@@ -19,6 +19,7 @@ import redis
 
 from kubestream.keys import LAUNCH_GROUP
 from kubestream.messages import FIELD
+from kubestream.text import as_text
 
 log = logging.getLogger("kubestream.launcher")
 
@@ -46,12 +47,12 @@ class StreamConsumer:
     def read_new(self, count: int, block_ms: int) -> list[Entry]:
         reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
                                       count=count, block=block_ms)
-        return [Entry(_str(stream), _str(eid), fields.get(FIELD, b""), 1)
+        return [Entry(as_text(stream), as_text(eid), fields.get(FIELD, b""), 1)
                 for stream, entries in reply or [] for eid, fields in entries if fields is not None]
 
     def own_pending(self) -> list[Entry]:
         reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
-        return self._with_counts([(_str(s), _str(e), f) for s, es in reply or [] for e, f in es])
+        return self._with_counts([(as_text(s), as_text(e), f) for s, es in reply or [] for e, f in es])
 
     def reclaim(self) -> list[Entry]:
         claimed: list[tuple[str, str, Any]] = []
@@ -59,8 +60,8 @@ class StreamConsumer:
             cursor = "0-0"
             while True:
                 reply = self.redis.xautoclaim(stream, LAUNCH_GROUP, self.name, self.min_idle_ms, cursor, count=100)
-                cursor, entries = _str(reply[0]), reply[1]
-                claimed += [(stream, _str(e), f) for e, f in entries]
+                cursor, entries = as_text(reply[0]), reply[1]
+                claimed += [(stream, as_text(e), f) for e, f in entries]
                 for deleted in reply[2] if len(reply) > 2 else ():  # deleted while pending: nothing to do
                     self.redis.xack(stream, LAUNCH_GROUP, deleted)
                 if cursor == "0-0":
@@ -92,7 +93,3 @@ class StreamConsumer:
 
     def nothing_pending(self) -> bool:
         return all(self.redis.xpending(s, LAUNCH_GROUP)["pending"] == 0 for s in self.streams)
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

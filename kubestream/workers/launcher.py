@@ -102,13 +102,13 @@ class Launcher:
         last_reclaim = 0.0
         outage = 0
         try:
-            self._dispatch(self.consumer.own_pending())
+            self._submit(self.consumer.own_pending())
             while not self.stopping.is_set():
                 try:
                     if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
-                        self._dispatch(self._reclaim())
+                        self._submit(self._reclaim())
                         last_reclaim = time.monotonic()
-                    got = self._dispatch(self._read_new())
+                    got = self._submit(self._read_new())
                     if until_idle and not got and self._idle():
                         break
                     outage = 0
@@ -189,7 +189,7 @@ class Launcher:
         self.metrics.inc("reclaimed_total", len(claimed))
         return claimed
 
-    def _dispatch(self, entries: list[Entry]) -> int:
+    def _submit(self, entries: list[Entry]) -> int:
         for work in self._prepare(entries):
             fut = self._pool.submit(self._handle_safely, work)
             with self._lock:
@@ -354,7 +354,7 @@ class Launcher:
                 return Outcome("created")
             except _OlderPodExists as exc:
                 outcome = Outcome("transient", str(exc))
-            except Exception as exc:  # classified below; unknown errors are permanent
+            except Exception as exc:  # classified below; unknown errors are transient (bounded by max_deliveries)
                 outcome = classify_exception(exc)
                 if not isinstance(exc, k8s.ApiException) and outcome.kind == "permanent":
                     log.error("unexpected error from the API client", exc_info=True, extra=ctx)

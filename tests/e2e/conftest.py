@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kubestream.localcluster.airflowstack import AirflowStack
+from devkit.airflowstack import AirflowStack
 from kubestream.kubeclient import api_client
-from kubestream.localcluster.kubelet import SimKubelet
-from kubestream.localcluster.postgres import PostgresServer
-from kubestream.localcluster.procs import wait_for
+from devkit.kubelet import SimKubelet
+from devkit.postgres import PostgresServer
+from devkit.procs import wait_for
 from kubestream.settings import Settings
 from tests.helpers import Components
 

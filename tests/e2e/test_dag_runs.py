@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from kubernetes import client as k8s
 
-from kubestream.executor.dispatch import task_key
+from kubestream.executor.launches import task_key
 
 pytestmark = pytest.mark.e2e
 

@@ -38,7 +38,7 @@ def test_the_demo_succeeds_twice_and_stops_everything() -> None:
     env = {**os.environ, "KUBESTREAM_DEMO_DIR": demo_dir}
     try:
         for run in (1, 2):  # the second run starts over the first one's state directory
-            out = subprocess.run([sys.executable, "-m", "kubestream.localcluster.demo", "--timeout", "300"],
+            out = subprocess.run([sys.executable, "-m", "devkit.demo", "--timeout", "300"],
                                  env=env, capture_output=True, text=True, timeout=600)
             assert out.returncode == 0, f"run {run}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
             assert "summary: DAG run success" in out.stdout and "Airflow UI: http://127.0.0.1:" in out.stdout

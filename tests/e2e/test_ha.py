@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from kubestream.localcluster.procs import wait_for
+from devkit.procs import wait_for
 from tests.helpers import FAST_ADOPTION
 
 pytestmark = [

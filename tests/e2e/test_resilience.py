@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s
 
-from kubestream.executor.dispatch import task_key
+from kubestream.executor.launches import task_key
 from kubestream.keys import Keys
-from kubestream.localcluster.procs import wait_for
+from devkit.procs import wait_for
 from tests.helpers import FAST_ADOPTION
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey
 from kubestream.workers.podspec import build_pod

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubestream.localcluster.faultproxy import HttpFaultProxy
+from devkit.faultproxy import HttpFaultProxy
 from tests.helpers import Components, DbStandIn, airflow_env
 
 

@@ -27,9 +27,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from kubestream.executor.dispatch import task_key
+from kubestream.executor.launches import task_key
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.localcluster.procs import wait_for
+from devkit.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod

@@ -13,10 +13,10 @@ import pytest
 from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.localcluster.procs import wait_for
+from devkit.procs import wait_for
 from kubestream.ratelimit import RateLimiter
 from kubestream.watcher.lease import Lease
-from kubestream.executor.dispatch import task_key
+from kubestream.executor.launches import task_key
 from kubestream.messages import FIELD, LaunchTask, encode
 from tests.helpers import Driver, proxied_kubeconfig, settings_env, sim, workload
 

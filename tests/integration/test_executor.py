@@ -7,9 +7,9 @@ import types
 import pytest
 from kubernetes import client as k8s
 
-from kubestream.executor.dispatch import executor_config_parts, task_key
+from kubestream.executor.launches import executor_config_parts, task_key
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.localcluster.procs import free_port, wait_for
+from devkit.procs import free_port, wait_for
 from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode
 from tests.helpers import Driver, sim, workload
 from tests.helpers import DbStandIn

@@ -15,8 +15,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kubestream.kubeclient import api_client
-from kubestream.localcluster.kubelet import SimKubelet
-from kubestream.localcluster.procs import pid_alive, wait_for
+from devkit.kubelet import SimKubelet
+from devkit.procs import pid_alive, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.localcluster.procs import wait_for
+from devkit.procs import wait_for
 from kubestream.messages import FIELD, TaskState, decode
 from tests.helpers import Driver, sim, workload
 
@@ -74,7 +74,7 @@ def test_300_tasks_with_mixed_outcomes(settings, cluster, kubelet, components, m
 
 
 def _pod_name(w) -> str:
-    from kubestream.executor.dispatch import task_key
+    from kubestream.executor.launches import task_key
 
     return task_key(w.ti.key).pod_name()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kubestream.localcluster.faultproxy import FaultProxy, HttpFaultProxy
+from devkit.faultproxy import FaultProxy, HttpFaultProxy
 from kubestream.apierrors import classify_exception
-from kubestream.localcluster import procs
+from devkit import procs
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kubestream.localcluster.kubelet_rules import (
+from devkit.kubelet_rules import (
     BACKOFF,
     CREATE_DELAY,
     RUN_DELAY,

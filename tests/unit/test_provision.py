@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kubestream.localcluster.cluster import PROVISION_SCRIPT
+from devkit.cluster import PROVISION_SCRIPT
 
 
 def _bin_dir(tmp_path: Path, tools: list[str]) -> Path:

@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubestream.localcluster.procs import free_port, pid_alive, spawn, stop_pid, wait_for
+from devkit.procs import free_port, pid_alive, spawn, stop_pid, wait_for
 
 IDENTITIES = ("admin", "launcher", "watcher", "kubelet", "executor")
 PROVISION_SCRIPT = Path(__file__).with_name("provision.sh")
-REPO_RBAC = Path(__file__).resolve().parents[2] / "k8s" / "rbac.yaml"
+REPO_RBAC = Path(__file__).resolve().parents[1] / "k8s" / "rbac.yaml"
 
 KUBELET_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes", "nodes/status"], "verbs": ["get", "list", "create", "update", "patch"]},

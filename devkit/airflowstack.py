@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubestream.localcluster.procs import free_port, spawn, stop_pid, wait_for
+from devkit.procs import free_port, spawn, stop_pid, wait_for
 
 EXECUTOR = "kubestream.executor.KubeStreamExecutor"
 

@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kubestream.localcluster.procs import free_port, spawn_as, stop_pid, wait_for
+from devkit.procs import free_port, spawn_as, stop_pid, wait_for
 
 
 def _bin_dir() -> Path:
     dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
     if not dirs:
-        raise RuntimeError("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin: run `kubestream cluster "
+        raise RuntimeError("PostgreSQL binaries not found in /usr/lib/postgresql/*/bin: run `python -m devkit cluster "
                            "provision` (installs Debian's postgresql) or apt-get install postgresql")
     return Path(dirs[-1])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from kubestream.localcluster.procs import free_port, spawn, stop_pid, wait_for
+from devkit.procs import free_port, spawn, stop_pid, wait_for
 
 
 class RedisServer:
@@ -25,7 +25,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if not binary:
-            raise RuntimeError("redis-server not found: run `kubestream cluster provision` (installs it with apt)")
+            raise RuntimeError("redis-server not found: run `python -m devkit cluster provision` (installs it with apt)")
         self.dir.mkdir(parents=True, exist_ok=True)
         proc = spawn([
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -38,7 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kubestream.backoff import backoff_delay
-from kubestream.localcluster import kubelet_rules as kr
+from devkit import kubelet_rules as kr
 
 log = logging.getLogger("kubestream.kubelet")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,5 +71,4 @@ def launch_message(workload: Any, scheduler_id: str) -> LaunchTask:
         external_executor_id=ti.external_executor_id or "",
         pod_override=override,
         pod_template=template,
-        queued_at=time.time(),
     )

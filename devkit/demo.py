@@ -26,13 +26,13 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
-from kubestream.localcluster.airflowstack import AirflowStack
-from kubestream.localcluster.cluster import LocalCluster
+from devkit.airflowstack import AirflowStack
+from devkit.cluster import LocalCluster
 from kubestream.kubeclient import api_client
-from kubestream.localcluster.kubelet import SimKubelet
-from kubestream.localcluster.postgres import PostgresServer
-from kubestream.localcluster.procs import spawn, stop_pid, wait_for
-from kubestream.localcluster.redisserver import RedisServer
+from devkit.kubelet import SimKubelet
+from devkit.postgres import PostgresServer
+from devkit.procs import spawn, stop_pid, wait_for
+from devkit.redisserver import RedisServer
 
 DAG_ID = "kubestream_demo"
 NAMESPACE = "kubestream-demo"
