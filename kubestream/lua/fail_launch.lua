@@ -1,0 +1,51 @@
+-- fail_launch.lua: a launch that ends without a pod, atomically: acknowledge and delete its
+-- entry, dead-letter it if asked, and publish its task's failed state (see _publish.lua).
+-- include: _publish.lua
+--
+-- KEYS[1] stream: the launch stream {p}:launch:<queue> holding the entry
+-- KEYS[2] task: the task hash {p}:task:<pod name> ({p}:task:- when the task is unknown)
+-- KEYS[3] dead: the dead-letter stream {p}:dead
+-- ARGV[1] group: the launchers' consumer group
+-- ARGV[2] entry: the launch entry's id
+-- ARGV[3] dead_reason: why it is dead-lettered ('' = no dead letter)
+-- ARGV[4] raw: the raw launch message, kept in the dead letter
+-- ARGV[5] base: the key base "{p}"; {p}:results:<owner> and {p}:live are derived from it
+-- ARGV[6] state: the state to publish, failed ('' = publish nothing: the task is unknown)
+-- ARGV[7] reason: the reason stored with the state
+-- ARGV[8] event: the encoded TaskStateChanged
+-- ARGV[9] maxlen: approximate MAXLEN of the result stream
+-- ARGV[10] ttl: seconds the task hash lives after a final state
+-- ARGV[11] now: epoch seconds, stored as `updated`
+-- ARGV[12] live_member: "<namespace>/<pod>" for the {p}:live set ('' = none)
+-- ARGV[13] dispatch: the dispatch id the event's pod belongs to ('' = any)
+-- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'no task'} when
+-- state is '').
+
+local stream = KEYS[1]
+local task = KEYS[2]
+local dead = KEYS[3]
+local group = ARGV[1]
+local entry = ARGV[2]
+local dead_reason = ARGV[3]
+local raw = ARGV[4]
+local base = ARGV[5]
+local state = ARGV[6]
+local reason = ARGV[7]
+local event = ARGV[8]
+local maxlen = ARGV[9]
+local ttl = ARGV[10]
+local now = ARGV[11]
+local live_member = ARGV[12]
+local dispatch = ARGV[13]
+
+redis.call('XACK', stream, group, entry)
+redis.call('XDEL', stream, entry)
+if dead_reason ~= '' then
+  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*', 'reason', dead_reason, 'stream', stream,
+             'entry', entry, 'task', task, 'm', raw)
+end
+if state == '' then return {0, 'no task'} end
+return publish(task, base, {
+  state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
+  live_member = live_member, dispatch = dispatch,
+})
