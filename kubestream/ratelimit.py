@@ -1,7 +1,8 @@
 """A token bucket in Redis shared by every launcher: the cluster-wide create rate.
 
-One Lua call takes ``n`` tokens or says how long to wait; the clock is Redis's
-own (``TIME``), so launchers on different hosts agree without synced clocks.
+One Lua call (``kubestream/lua/ratelimit_take.lua``) takes tokens or says how
+long to wait; the clock is Redis's own (``TIME``), so launchers on different
+hosts agree without synced clocks.
 """
 
 from __future__ import annotations
@@ -10,26 +11,7 @@ import threading
 
 import redis
 
-# KEYS[1] = bucket hash. ARGV[1] = rate (tokens/s), ARGV[2] = burst, ARGV[3] = tokens wanted.
-# Returns 0 when granted, else milliseconds to wait before trying again.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-local wait = 0
-if tokens >= want then
-  tokens = tokens - want
-else
-  wait = math.ceil((want - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
-"""
+from kubestream.luascripts import Script
 
 
 class RateLimiter:
@@ -37,14 +19,18 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis, key: str, rate: float, burst: int) -> None:
         self.key, self.rate, self.burst = key, rate, burst
-        self._take = client.register_script(_TAKE) if rate > 0 else None
+        self._take = Script(client, "ratelimit_take.lua") if rate > 0 else None
+
+    def take(self, want: int = 1) -> int:
+        """Take ``want`` tokens now: 0 when granted, else the milliseconds to wait before trying again."""
+        if self._take is None:
+            return 0
+        return int(self._take(bucket=self.key, rate=self.rate, burst=self.burst, want=want))
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Wait for a token; False if ``stop`` was set meanwhile."""
-        if self._take is None:
-            return True
         while True:
-            wait_ms = int(self._take(keys=[self.key], args=[self.rate, self.burst, 1]))
+            wait_ms = self.take()
             if wait_ms <= 0:
                 return True
             if stop is not None:
