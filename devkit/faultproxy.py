@@ -222,7 +222,7 @@ class HttpFaultProxy(_Proxy):
                     proxy._live.discard(self.connection)
                 super().finish()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def forward(self) -> None:

@@ -18,7 +18,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05, what: str = "condition") -> object:
+def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.05,
+             what: str = "condition") -> object:
     """Poll ``condition`` until it returns a truthy value; TimeoutError names ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -27,7 +28,7 @@ def wait_for(condition: Callable[[], object], *, timeout: float, interval: float
             value = condition()
             if value:
                 return value
-        except Exception as exc:  # the condition may fail until the server is up
+        except Exception as exc:  # noqa: BLE001 - the condition may fail in any way until the server is up
             last_exc = exc
         if time.monotonic() > deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
@@ -43,7 +44,7 @@ def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 def spawn_as(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, *,
              uid: int | None = None, gid: int | None = None, cwd: str | None = None) -> subprocess.Popen[bytes]:
     """``spawn``, optionally as another user (servers that refuse to run as root)."""
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen(
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -25,7 +25,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if not binary:
-            raise RuntimeError("redis-server not found: run `python -m devkit cluster provision` (installs it with apt)")
+            raise RuntimeError("redis-server not found: run `python -m devkit cluster provision` "
+                               "(installs it with apt)")
         self.dir.mkdir(parents=True, exist_ok=True)
         proc = spawn([
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

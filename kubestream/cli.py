@@ -52,7 +52,7 @@ def cmd_launcher(args: argparse.Namespace) -> int:
         return _check("launcher", settings)
     from kubestream import logs
     from kubestream.health import serve_http
-    from kubestream.kubeclient import api_client
+    from kubestream.kubeapi import api_client
     from kubestream.redisconn import connect
     from kubestream.workers.launcher import Launcher
 
@@ -72,7 +72,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
         return _check("watcher", settings)
     from kubestream import logs
     from kubestream.health import serve_http
-    from kubestream.kubeclient import api_client
+    from kubestream.kubeapi import api_client
     from kubestream.redisconn import connect
     from kubestream.watcher.watcher import Watcher
 
@@ -106,7 +106,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="kubestream: Airflow tasks as Kubernetes pods via Redis Streams")
+    parser = argparse.ArgumentParser(prog=prog,
+                                     description="kubestream: Airflow tasks as Kubernetes pods via Redis Streams")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, helptext in (("launcher", cmd_launcher, "create pods from the launch streams"),
                                  ("watcher", cmd_watcher, "publish pod state changes to the result streams")):

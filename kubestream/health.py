@@ -70,7 +70,7 @@ class Heartbeat:
         if self.extra:
             fields.update(self.extra())
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.key, mapping=fields)
+        pipe.hset(self.key, items=[part for item in fields.items() for part in item])
         pipe.pexpire(self.key, int(self.ttl * 1000))
         pipe.execute()
         self.last_ok = time.monotonic()
@@ -108,7 +108,7 @@ def check(client: redis.Redis, pattern: str, max_age: float) -> list[str]:
 
 def serve_http(port: int, metrics: Metrics, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:
             if self.path == "/healthz":
                 ok = healthy()
                 body, code = (b"ok\n", 200) if ok else (b"unhealthy\n", 503)

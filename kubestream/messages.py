@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Any, cast
 
 import msgpack
 
@@ -40,7 +40,7 @@ class DecodeError(ValueError):
             return None
 
 
-class TaskState(str, Enum):
+class TaskState(StrEnum):
     """What the watcher knows of a task's pod (not yet Airflow's TaskInstanceState)."""
 
     PENDING = "pending"  # pod exists, not running yet
@@ -100,7 +100,8 @@ class TaskStateChanged:
 
 
 Message = LaunchTask | RevokeTask | TaskStateChanged
-_TYPES: dict[str, type] = {"launch": LaunchTask, "revoke": RevokeTask, "state": TaskStateChanged}
+_TYPES: dict[str, type[LaunchTask] | type[RevokeTask] | type[TaskStateChanged]] = {
+    "launch": LaunchTask, "revoke": RevokeTask, "state": TaskStateChanged}
 
 
 def _key_to(key: TaskKey) -> list[Any]:
@@ -126,13 +127,13 @@ def encode(message: Message) -> bytes:
         elif isinstance(value, Enum):
             value = value.value
         data[f.name] = value
-    return msgpack.packb(data, use_bin_type=True)
+    return cast(bytes, msgpack.packb(data, use_bin_type=True))
 
 
 def decode(raw: bytes) -> Message:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise DecodeError(f"not msgpack: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise DecodeError(f"expected a map, got {type(data).__name__}")

@@ -13,7 +13,6 @@ from kubestream.settings import Settings
 from kubestream.text import as_text, decode_hash
 
 
-
 def _stream(client: redis.Redis, key: str) -> dict[str, Any]:
     info: dict[str, Any] = {"stream": key, "length": client.xlen(key), "groups": []}
     for g in client.xinfo_groups(key):
@@ -28,8 +27,10 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
     keys = Keys(settings.key_prefix)
     launch = sorted(as_text(k) for k in client.scan_iter(match=keys.launch_pattern, count=1000))
     results = sorted(as_text(k) for k in client.scan_iter(match=keys.results_pattern, count=1000))
-    dead = [{"id": as_text(eid), "reason": as_text(f.get(b"reason", b"")), "task": as_text(f.get(b"task", b""))}
-            for eid, f in client.xrevrange(keys.dead, count=10)]
+    dead = []
+    for eid, raw in client.xrevrange(keys.dead, count=10) or []:
+        fields = decode_hash(raw)
+        dead.append({"id": as_text(eid), "reason": fields.get("reason", ""), "task": fields.get("task", "")})
     health = []
     now = time.time()
     for key in sorted(client.scan_iter(match=keys.health_pattern, count=1000)):

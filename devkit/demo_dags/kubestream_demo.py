@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from kubernetes.client import models as k8s
-
 from airflow.sdk import dag, task
+from kubernetes.client import models as k8s
 
 
 @dag(dag_id="kubestream_demo", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,

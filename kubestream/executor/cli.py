@@ -13,7 +13,6 @@ def _settings_to_env() -> None:
     from airflow.configuration import conf
 
     from kubestream.executor.config import settings_from_airflow
-
     from kubestream.settings import SettingsError
 
     try:

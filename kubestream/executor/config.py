@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubestream.settings import AIRFLOW_SECTION, FIELDS, Settings
 
@@ -10,7 +10,7 @@ from kubestream.settings import AIRFLOW_SECTION, FIELDS, Settings
 class AirflowConf(Protocol):
     """What kubestream reads of Airflow's ``conf`` (``AirflowConfigParser`` or an executor's team conf)."""
 
-    def get(self, section: str, key: str, fallback: str | None = None) -> str | None: ...
+    def get(self, section: str, key: str, **kwargs: Any) -> str | None: ...
 
 
 def settings_from_airflow(conf: AirflowConf) -> Settings:

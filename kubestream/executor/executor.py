@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
@@ -26,6 +26,10 @@ from kubestream.redisconn import connect
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
+from kubestream.text import StreamFields, stream_entries
+
+if TYPE_CHECKING:
+    from airflow.models.taskinstance import TaskInstance
 
 
 class KubeStreamExecutor(BaseExecutor):
@@ -84,7 +88,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.redis.close()
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _process_workloads(self, workloads: Sequence[Any]) -> None:
+    def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
         from airflow.executors.workloads import ExecuteTask
 
         assert self.redis is not None and self.store is not None and self.keys is not None and self.settings
@@ -129,7 +133,7 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:
             self.log.warning("Redis unavailable in sync(), results wait in %s: %s", self.results_stream, exc)
             return 0
-        entries = [(eid, fields) for _, batch in reply or [] for eid, fields in batch]
+        entries = [(eid, fields) for _, eid, fields in stream_entries(reply)]
         if not entries and self._cursor == "0":
             self._cursor = ">"  # our pending backlog is applied: read new entries from now on
             return self.sync()
@@ -146,7 +150,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("could not acknowledge %d results: %s", len(entries), exc)
         return len(entries)
 
-    def _dead_letter(self, eid: bytes, reason: str, fields: dict[bytes, bytes]) -> None:
+    def _dead_letter(self, eid: str, reason: str, fields: StreamFields | None) -> None:
         assert self.redis is not None and self.keys is not None
         try:
             self.redis.xadd(self.keys.dead, {"reason": f"result: {reason}", "stream": self.results_stream,
@@ -159,7 +163,7 @@ class KubeStreamExecutor(BaseExecutor):
         if remove_running:
             self._external_ids.pop(key, None)
 
-    def task_states_from_db(self, keys: Sequence[Any]) -> dict[Any, str | None]:
+    def task_states_from_db(self, keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
         """The state each task wrote to the Airflow DB (one query)."""
         return results.db_states(keys)
 
@@ -167,7 +171,7 @@ class KubeStreamExecutor(BaseExecutor):
         return self._external_ids.get(ti_key)
 
     # -- adoption and revoke ------------------------------------------------------------------
-    def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+    def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         assert self.store is not None
         if not tis:
             return []
@@ -178,7 +182,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("Redis unavailable, adopting nothing now: %s", exc)
             return list(tis)
         not_adopted, adopted = [], []
-        for ti, state in zip(tis, last):
+        for ti, state in zip(tis, last, strict=True):
             if state is None:
                 not_adopted.append(ti)
                 continue
@@ -191,13 +195,13 @@ class KubeStreamExecutor(BaseExecutor):
                       (time.monotonic() - started) * 1000, len(not_adopted))
         return not_adopted
 
-    def revoke_task(self, *, ti: Any) -> None:
+    def revoke_task(self, *, ti: TaskInstance) -> None:
         """Record the revoke (level-triggered) and tell the launchers; never raises."""
         key = task_key(ti.key)
         self.queued_tasks.pop(ti.key, None)
         self.running.discard(ti.key)
         self._external_ids.pop(ti.key, None)
-        if self.store is None or self.keys is None:
+        if self.redis is None or self.store is None or self.keys is None:
             return
         queue = ti.queue or "default"
         try:
@@ -208,7 +212,7 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
 
-    def get_task_log(self, ti: Any, try_number: int) -> tuple[list[str], list[str]]:
+    def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
         """What kubestream knows of the task's pod, from Redis (the scheduler and API server
         have no Kubernetes access): pod, namespace, owner and last state with its reason.
 

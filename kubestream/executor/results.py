@@ -14,18 +14,22 @@ Rules (docs/architecture.md, "state mapping"):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from kubestream.executor.airflowtypes import ResultSink, TaskInstanceKeyLike
 from kubestream.executor.launches import airflow_key
 from kubestream.messages import FIELD, DecodeError, TaskState, TaskStateChanged, decode
 from kubestream.taskkey import TaskKey
+from kubestream.text import StreamFields
 
 _FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed", "skipped",
                     "removed", "deferred"}
 
 
-def decode_entries(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[TaskStateChanged], list[tuple[bytes, str]]]:
-    events, bad = [], []
+def decode_entries(
+    entries: Iterable[tuple[str, StreamFields | None]],
+) -> tuple[list[TaskStateChanged], list[tuple[str, str]]]:
+    events: list[TaskStateChanged] = []
+    bad: list[tuple[str, str]] = []
     for eid, fields in entries:
         try:
             msg = decode((fields or {}).get(FIELD, b""))
@@ -39,7 +43,7 @@ def decode_entries(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> tuple
     return events, bad
 
 
-def _newest_tries(running: Iterable[Any]) -> dict[tuple[str, str, str, int], int]:
+def _newest_tries(running: Iterable[TaskInstanceKeyLike]) -> dict[tuple[str, str, str, int], int]:
     newest: dict[tuple[str, str, str, int], int] = {}
     for k in running:
         instance = (k.dag_id, k.task_id, k.run_id, k.map_index)
@@ -47,7 +51,7 @@ def _newest_tries(running: Iterable[Any]) -> dict[tuple[str, str, str, int], int
     return newest
 
 
-def apply(executor: Any, events: Sequence[TaskStateChanged]) -> None:
+def apply(executor: ResultSink, events: Sequence[TaskStateChanged]) -> None:
     succeeded: list[TaskKey] = []
     newest = _newest_tries(executor.running)
     for event in events:
@@ -69,14 +73,14 @@ def apply(executor: Any, events: Sequence[TaskStateChanged]) -> None:
         report_db_states(executor, succeeded)
 
 
-def apply_adopted(executor: Any, adopted: Sequence[tuple[TaskKey, tuple[str, str]]]) -> None:
+def apply_adopted(executor: ResultSink, adopted: Sequence[tuple[TaskKey, tuple[str, str]]]) -> None:
     """Report what adoption learned: the last state published for each adopted task."""
     events = [TaskStateChanged(key=key, state=TaskState(state), reason=reason)
               for key, (state, reason) in adopted if state in {s.value for s in TaskState}]
     apply(executor, events)
 
 
-def report_db_states(executor: Any, keys: Sequence[TaskKey]) -> None:
+def report_db_states(executor: ResultSink, keys: Sequence[TaskKey]) -> None:
     """Pods that ended well: report the state each task wrote to the Airflow DB."""
     states = executor.task_states_from_db(keys)
     for key in keys:
@@ -93,15 +97,18 @@ def db_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    wanted = [airflow_key(k) for k in keys]
+    which = TaskInstance.filter_for_tis([airflow_key(k) for k in keys])
+    if which is None:  # no keys
+        return {}
     with create_session() as session:
         rows = session.execute(
             select(TaskInstance.dag_id, TaskInstance.task_id, TaskInstance.run_id, TaskInstance.map_index,
-                   TaskInstance.try_number, TaskInstance.state).where(TaskInstance.filter_for_tis(wanted))
+                   TaskInstance.try_number, TaskInstance.state).where(which)
         ).all()
     found = {(r.dag_id, r.task_id, r.run_id, r.map_index): (r.try_number, r.state) for r in rows}
     out: dict[TaskKey, str | None] = {}
     for key in keys:
         try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), (None, None))
-        out[key] = str(state.value if hasattr(state, "value") else state) if state and try_number == key.try_number else None
+        current = state and try_number == key.try_number
+        out[key] = str(state.value if hasattr(state, "value") else state) if current else None
     return out

@@ -19,7 +19,7 @@ import redis
 
 from kubestream.keys import LAUNCH_GROUP
 from kubestream.messages import FIELD
-from kubestream.text import as_text
+from kubestream.text import as_text, stream_entries
 
 log = logging.getLogger("kubestream.launcher")
 
@@ -47,12 +47,12 @@ class StreamConsumer:
     def read_new(self, count: int, block_ms: int) -> list[Entry]:
         reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
                                       count=count, block=block_ms)
-        return [Entry(as_text(stream), as_text(eid), fields.get(FIELD, b""), 1)
-                for stream, entries in reply or [] for eid, fields in entries if fields is not None]
+        return [Entry(stream, eid, fields.get(FIELD, b""), 1)
+                for stream, eid, fields in stream_entries(reply) if fields is not None]
 
     def own_pending(self) -> list[Entry]:
         reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
-        return self._with_counts([(as_text(s), as_text(e), f) for s, es in reply or [] for e, f in es])
+        return self._with_counts(stream_entries(reply))
 
     def reclaim(self) -> list[Entry]:
         claimed: list[tuple[str, str, Any]] = []

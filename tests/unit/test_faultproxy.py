@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit import procs
 from devkit.faultproxy import FaultProxy, HttpFaultProxy
 from kubestream.apierrors import classify_exception
-from devkit import procs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,7 +262,7 @@ def tls_files(tmp_path_factory) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(hours=1))

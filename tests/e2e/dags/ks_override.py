@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from kubernetes.client import models as k8s
-
 from airflow.sdk import dag, task
+from kubernetes.client import models as k8s
 
 OVERRIDE = k8s.V1Pod(
     metadata=k8s.V1ObjectMeta(labels={"team": "data-eng"}, annotations={"owner": "kubestream-e2e"}),
