@@ -64,7 +64,7 @@ from kubernetes import client as k8s
 
 from kubestream.keys import LAUNCH_GROUP, Keys
 from devkit.cluster import ClusterState, LocalCluster
-from kubestream.kubeclient import api_client, raw
+from kubestream.kubeapi import api_client, raw
 from devkit.procs import free_port, stop_pid
 from devkit.redisserver import RedisServer
 from kubestream.messages import TaskState, TaskStateChanged

@@ -37,7 +37,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_kubelet(args: argparse.Namespace) -> int:
     from devkit.kubelet import SimKubelet
     from kubestream import logs
-    from kubestream.kubeclient import api_client
+    from kubestream.kubeapi import api_client
 
     logs.configure(args.log_level)
     kubelet = SimKubelet(api_client(args.kubeconfig), node_name=args.node_name, mode=args.mode,

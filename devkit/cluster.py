@@ -242,7 +242,7 @@ class LocalCluster:
         os.chmod(path, 0o600)
 
     def _admin(self, state: ClusterState) -> Any:
-        from kubestream.kubeclient import api_client
+        from kubestream.kubeapi import api_client
 
         return api_client(state.kubeconfig("admin"))
 

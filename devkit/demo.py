@@ -28,11 +28,11 @@ from kubernetes import client as k8s
 
 from devkit.airflowstack import AirflowStack
 from devkit.cluster import LocalCluster
-from kubestream.kubeclient import api_client
 from devkit.kubelet import SimKubelet
 from devkit.postgres import PostgresServer
 from devkit.procs import spawn, stop_pid, wait_for
 from devkit.redisserver import RedisServer
+from kubestream.kubeapi import api_client
 
 DAG_ID = "kubestream_demo"
 NAMESPACE = "kubestream-demo"

@@ -6,11 +6,12 @@ Ready Node, binds unscheduled pods to it and writes pod status as a kubelet woul
 to a pod is its ``kubestream.io/sim`` rule (``kubelet_rules``); in ``mode="process"`` pods
 without that annotation run their first container's command as a local subprocess instead.
 
-Design: one watch thread (raw JSON list+watch; relists on 410 or when the API server comes
-back), one timer thread (a heap of due transitions; also reaps subprocesses and sends the node
-heartbeat) and a small pool of workers for the API calls. Level-triggered: every event
-re-plans the pod from its current status (``kubelet_rules.plan``), and a step is identified by
-a token naming the state it leaves, so re-seen pods never restart their lifecycle.
+Design: one watch thread (JSON list+watch through ``kubestream.kubeapi.PodApi``; relists on 410
+or when the API server comes back), one timer thread (a heap of due transitions; also reaps
+subprocesses and sends the node heartbeat) and a small pool of workers for the API calls.
+Level-triggered: every event re-plans the pod from its current status (``kubelet_rules.plan``),
+and a step is identified by a token naming the state it leaves, so re-seen pods never restart
+their lifecycle.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import json
 import logging
 import os
 import random
@@ -33,12 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
-
-from kubestream.backoff import backoff_delay
 from devkit import kubelet_rules as kr
+from kubestream.backoff import backoff_delay
+from kubestream.kubeapi import MERGE_PATCH, ApiError, Gone, PodApi, PodWatch, request
 
 log = logging.getLogger("kubestream.kubelet")
 
@@ -46,12 +43,7 @@ HEARTBEAT_SECONDS = 10.0
 WATCH_SECONDS = 60  # server-side timeout of one watch request; then it resumes from its RV
 REQUEST_TIMEOUT = (5.0, 30.0)
 KILL_GRACE_CAP = 5.0  # SIGKILL a deleted pod's process after min(grace, this) seconds
-MERGE_PATCH = "application/merge-patch+json"
 HOST_IP = "127.0.0.1"
-
-
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410): relist."""
 
 
 @functools.lru_cache(maxsize=512)
@@ -69,11 +61,8 @@ def _now() -> str:
 def _transient(exc: BaseException) -> bool:
     """A kubelet keeps retrying: only 404 (pod gone), 409 (replaced / bound elsewhere) and 422 are final.
     401/403 included: a restarting apiserver answers them until its RBAC caches are loaded. Any other
-    error is retried too, e.g. the client's AttributeError that masks an error response whose body
-    it could not read (the ApiException is its context)."""
-    if isinstance(exc, AttributeError) and isinstance(exc.__context__, ApiException):
-        exc = exc.__context__
-    if isinstance(exc, ApiException):
+    error (connection errors...) is retried too."""
+    if isinstance(exc, ApiError):
         return exc.status not in (404, 409, 422)
     return True
 
@@ -110,18 +99,19 @@ class SimKubelet:
     state. ``namespaces``: only pods there (None: all namespaces).
     """
 
-    def __init__(self, api: kubernetes.client.ApiClient, *, node_name: str = "kubestream-node",
+    def __init__(self, api: Any, *, node_name: str = "kubestream-node",
                  mode: str = "rules", default_rule: str = "succeed", namespaces: Collection[str] | None = None,
                  work_dir: Path | None = None, extra_env: Mapping[str, str] | None = None, workers: int = 8) -> None:
         if mode not in ("rules", "process"):
             raise ValueError(f"mode must be 'rules' or 'process', got {mode!r}")
         self.api, self.node_name, self.mode = api, node_name, mode
+        self.pods = PodApi(api)
         self.default_rule = kr.parse_rule(default_rule)
         self.namespaces = frozenset(namespaces) if namespaces is not None else None
         self.work_dir = Path(work_dir) if work_dir else None
         self.extra_env = dict(extra_env or {})
-        only = next(iter(self.namespaces)) if self.namespaces and len(self.namespaces) == 1 else None
-        self._pods_path = f"/api/v1/namespaces/{only}/pods" if only else "/api/v1/pods"
+        # one namespace: list and watch it only; else every namespace ("")
+        self._list_ns = next(iter(self.namespaces)) if self.namespaces and len(self.namespaces) == 1 else ""
         self._workers = workers
         self._cv = threading.Condition()  # guards everything below
         self._tracks: dict[tuple[str, str], _Track] = {}
@@ -131,7 +121,7 @@ class SimKubelet:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._watch_resp: Any = None
+        self._watch_handle: PodWatch | None = None
         self._since = _now()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -152,12 +142,9 @@ class SimKubelet:
         self._stopping.set()
         with self._cv:
             self._cv.notify_all()
-        resp = self._watch_resp
-        if resp is not None:
-            try:
-                resp.shutdown()  # unblocks the watch thread's read
-            except Exception:  # noqa: BLE001 - already closed
-                pass
+        watch = self._watch_handle
+        if watch is not None:
+            watch.interrupt()  # unblocks the watch thread's read
         for thread in self._threads:
             thread.join(timeout=15)
         self._threads.clear()
@@ -196,17 +183,9 @@ class SimKubelet:
         self.stop()
 
     # -- API plumbing -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None, *, query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json", stream: bool = False, timeout: Any = REQUEST_TIMEOUT) -> Any:
-        """One raw request: JSON in, JSON out (no model (de)serialization); ApiException on non-2xx."""
-        resp = self.api.call_api(path, method, query_params=query or [], body=body, auth_settings=["BearerToken"],
-                                 header_params={"Accept": "application/json", "Content-Type": content_type},
-                                 _preload_content=False, _request_timeout=timeout)
-        if stream:
-            return resp
-        data = resp.data
-        resp.release_conn()  # fully read: the connection goes back to the pool
-        return json.loads(data) if data else None
+    def _call(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json") -> Any:
+        """One request: JSON in, JSON out (no model (de)serialization); ApiError on non-2xx."""
+        return request(self.api, method, path, body, content_type=content_type, timeout=REQUEST_TIMEOUT)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         if self._pool and not self._stopping.is_set():
@@ -221,7 +200,7 @@ class SimKubelet:
         try:
             self._call("POST", "/api/v1/nodes", kr.node_object(name, _now(), self._since, host_ip=HOST_IP,
                                                               runtime=f"kubestream-sim://{self.mode}"))
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
         # The TaintNodesByCondition admission plugin taints new nodes not-ready; with no node
@@ -237,7 +216,7 @@ class SimKubelet:
         try:
             self._call("PATCH", f"/api/v1/nodes/{self.node_name}/status",
                        {"status": {"conditions": kr.node_conditions(_now(), self._since)}}, content_type=MERGE_PATCH)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 404:
                 raise
             self._register_node()
@@ -261,12 +240,9 @@ class SimKubelet:
                 failures = 0
                 if time.monotonic() - began < 0.5:  # a watch that ends at once: do not spin
                     self._stopping.wait(0.5)
-            except (_Gone, ApiException) as exc:
-                if isinstance(exc, ApiException) and exc.status != 410:
-                    failures = self._watch_failed(exc, failures)
-                else:
-                    log.info("kubelet %s: watch expired (410), relisting", self.node_name)
-                    rv = None
+            except Gone:
+                log.info("kubelet %s: watch expired (410), relisting", self.node_name)
+                rv = None
             except Exception as exc:  # noqa: BLE001 - connection lost: resume from rv
                 failures = self._watch_failed(exc, failures)
 
@@ -282,47 +258,37 @@ class SimKubelet:
 
     def _relist(self) -> str:
         seen: set[tuple[str, str]] = set()
-        query: list[tuple[str, str]] = [("limit", "500")]
+        token = ""
         while True:
-            data = self._call("GET", self._pods_path, query=query)
-            for pod in data.get("items") or ():
+            page = self.pods.list(self._list_ns, limit=500, continue_token=token)
+            for pod in page.items:
                 self._observe(pod)
                 seen.add((pod["metadata"]["namespace"], pod["metadata"]["name"]))
-            token = data["metadata"].get("continue")
+            token = page.continue_token
             if not token:
                 break
-            query = [("limit", "500"), ("continue", token)]
         with self._cv:
             for key in [key for key in self._tracks if key not in seen]:
                 self._orphan(self._tracks.pop(key))
-        log.debug("kubelet %s: listed %d pods at rv %s", self.node_name, len(seen), data["metadata"]["resourceVersion"])
-        return str(data["metadata"]["resourceVersion"])
+        log.debug("kubelet %s: listed %d pods at rv %s", self.node_name, len(seen), page.resource_version)
+        return page.resource_version
 
     def _watch(self, rv: str) -> str:
-        query = [("watch", "1"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
-                 ("timeoutSeconds", str(WATCH_SECONDS))]
-        resp = self._call("GET", self._pods_path, query=query, stream=True, timeout=(5.0, WATCH_SECONDS + 15.0))
-        self._watch_resp = resp
+        """Observe the events after ``rv`` until the watch ends (``Gone`` when ``rv`` expired)."""
+        watch = self.pods.watch(self._list_ns, rv, timeout_seconds=WATCH_SECONDS)
+        self._watch_handle = watch
+        if self._stopping.is_set():
+            watch.interrupt()
         try:
-            if self._stopping.is_set():
-                return rv
-            for line in iter_resp_lines(resp):
-                if not line:
-                    continue
-                event = json.loads(line)
+            for event in watch:
                 kind, obj = event["type"], event["object"]
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone(obj.get("message"))
-                    raise RuntimeError(f"watch error: {obj.get('message') or obj}")
                 rv = obj["metadata"]["resourceVersion"]
                 if kind == "DELETED":
                     self._forget(obj)
                 elif kind in ("ADDED", "MODIFIED"):
                     self._observe(obj)
         finally:
-            self._watch_resp = None
-            resp.close()  # possibly mid-stream: never hand this connection back to the pool
+            self._watch_handle = None
         return rv
 
     # -- level-triggered state ----------------------------------------------------------------------
@@ -386,7 +352,7 @@ class SimKubelet:
         while not self._stopping.is_set():
             try:
                 next_beat = self._tick(next_beat)
-            except Exception:  # noqa: BLE001 - keep the clock running
+            except Exception:  # keep the clock running (logged with its traceback)
                 log.exception("kubelet %s: timer loop error", self.node_name)
                 self._stopping.wait(0.1)
 
@@ -451,10 +417,8 @@ class SimKubelet:
                 track.kill_at = time.monotonic() + min(grace, KILL_GRACE_CAP)
                 _signal_group(track.proc, signal.SIGTERM)
         elif action == "delete":
-            self._call("DELETE", f"/api/v1/namespaces/{track.namespace}/pods/{track.name}", {
-                "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": track.uid}})
-            log.info("%s: deletion finished", track.ref)
+            if self.pods.delete(track.namespace, track.name, uid=track.uid, grace_period_seconds=0):
+                log.info("%s: deletion finished", track.ref)
         elif action == "spawn":
             self._spawn(track, pod, now)
         else:

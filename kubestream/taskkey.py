@@ -4,12 +4,15 @@
 try_number, map_index) so the launchers and watcher can handle keys without
 importing airflow. ``pod_name`` is a deterministic function of the key: every
 redelivery of the same launch meets 409 AlreadyExists instead of a second pod.
+The key travels on its pod as annotations: ``task_annotations`` writes them
+(the launcher), ``key_from_annotations`` reads them back (the watcher).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 POD_NAME_MAX = 63
@@ -53,3 +56,32 @@ class TaskKey:
     def __str__(self) -> str:
         mi = f"[{self.map_index}]" if self.map_index >= 0 else ""
         return f"{self.dag_id}.{self.task_id}{mi} run={self.run_id} try={self.try_number}"
+
+
+def task_annotations(key: TaskKey) -> dict[str, str]:
+    """Exact key values under the provider's annotation names (see its ``annotations_to_key``).
+
+    Unlike the provider, ``run_id`` is written even when empty, so the round
+    trip through :func:`key_from_annotations` is exact for every key.
+    """
+    annotations = {"dag_id": key.dag_id, "task_id": key.task_id, "try_number": str(key.try_number)}
+    if key.map_index >= 0:
+        annotations["map_index"] = str(key.map_index)
+    annotations["run_id"] = key.run_id
+    return annotations
+
+
+def key_from_annotations(annotations: Mapping[str, str] | None) -> TaskKey | None:
+    """The task key :func:`task_annotations` wrote on a pod, or None if it is not a task pod."""
+    if not annotations:
+        return None
+    try:
+        return TaskKey(
+            dag_id=annotations["dag_id"],
+            task_id=annotations["task_id"],
+            run_id=annotations["run_id"],
+            try_number=int(annotations["try_number"]),
+            map_index=int(annotations.get("map_index", -1)),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None

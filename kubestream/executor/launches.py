@@ -33,12 +33,14 @@ def pod_to_dict(pod: Any) -> dict[str, Any]:
     to_dict = getattr(pod, "to_dict", None)
     if to_dict is None:
         raise ExecutorConfigError(f"pod_override must be a kubernetes.client.models.V1Pod, got {type(pod).__name__}")
-    from kubernetes.client import ApiClient
+    from kubestream.kubeapi import to_api_dict
 
-    return ApiClient().sanitize_for_serialization(pod)
+    return to_api_dict(pod)
 
 
-def executor_config_parts(executor_config: dict[str, Any] | None) -> tuple[dict | None, dict | None]:
+def executor_config_parts(
+    executor_config: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(pod_override, pod_template) from a KubernetesExecutor-style executor_config."""
     if not executor_config:
         return None, None

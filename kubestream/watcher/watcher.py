@@ -14,12 +14,13 @@ active watcher runs ``NamespaceWatch``:
    410 Gone (expired resourceVersion) goes back to 2.
 
 Finished pods are deleted per ``delete_worker_pods``/``..._on_failure``;
-pods of revoked tasks are deleted whenever they are seen.
+pods of revoked tasks or of an older dispatch are deleted whenever they are
+seen. Every delete carries the event's pod uid as a precondition, so a newer
+pod of the same name is never deleted. API calls go through ``kubeapi.PodApi``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,37 +28,33 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
-from kubernetes import client as k8s
 
 from kubestream.apierrors import classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
-from kubestream.kubeclient import raw
+from kubestream.kubeapi import ApiError, Gone, PodApi, PodWatch
 from kubestream.messages import TaskState, TaskStateChanged
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
-from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey
+from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_from_annotations
+from kubestream.text import as_text
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
-from kubestream.watcher.podkey import key_from_annotations
-from kubestream.text import as_text
 
 log = logging.getLogger("kubestream.watcher")
 SELECTOR = f"{MANAGED_LABEL}=true"
 CHECKPOINT_EVERY = 0.5  # seconds between resourceVersion writes while events flow
 
 
-class Gone(Exception):
-    """The resourceVersion expired (410): relist."""
-
-
 class Watcher:
-    def __init__(self, settings: Settings, redis_client: redis.Redis, api: k8s.ApiClient,
-                 *, name: str | None = None) -> None:
+    """``api``: an ApiClient (``kubeapi.api_client``); ``pods`` replaces the PodApi built on it."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis, api: Any,
+                 *, name: str | None = None, pods: PodApi | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
-        self.core = k8s.CoreV1Api(api)
+        self.pods = pods if pods is not None else PodApi(api)
         self.keys = Keys(settings.key_prefix)
         self.store = TaskStore(redis_client, self.keys, settings)
         self.name = name or settings.member_name()
@@ -85,10 +82,14 @@ class Watcher:
                     continue
                 self._lead()
         finally:
-            self._deleter.shutdown(wait=True)
+            self.close()
             if self.leading:
                 self.lease.release()
             self.heartbeat.stop()
+
+    def close(self) -> None:
+        """Wait for the deletes in flight."""
+        self._deleter.shutdown(wait=True)
 
     def _try_lead(self) -> bool:
         try:
@@ -132,12 +133,13 @@ class Watcher:
                                                      namespace=namespace, at=time.time()), dispatch)
         if result.published:
             self.metrics.inc("published_total")
-            log.info("published %s %s", state.value, reason, extra={**ctx, "entry": result.detail, "owner": result.owner})
+            log.info("published %s %s", state.value, reason,
+                     extra={**ctx, "entry": result.detail, "owner": result.owner})
         gone = event_type == "DELETED" or meta.get("deletionTimestamp")
         if gone:
             return
         if result.detail in ("revoked", "stale dispatch") or (state.final and self._should_delete(state)):
-            self._deleter.submit(self._delete, namespace, name, ctx)
+            self._deleter.submit(self._delete, namespace, name, meta.get("uid", ""), ctx)
 
     def publish_vanished(self, namespace: str, seen: set[str]) -> None:
         """Fail tasks published live in ``namespace`` whose pod is not in the current list."""
@@ -162,14 +164,17 @@ class Watcher:
             return False
         return state is TaskState.SUCCEEDED or self.settings.delete_worker_pods_on_failure
 
-    def _delete(self, namespace: str, name: str, ctx: dict[str, Any]) -> None:
+    def _delete(self, namespace: str, name: str, uid: str, ctx: dict[str, Any]) -> None:
+        """Delete the pod the event was about: the uid precondition spares a newer pod of the same name."""
         try:
-            raw(self.core.delete_namespaced_pod, name, namespace, _request_timeout=(5, 30))
-            self.metrics.inc("deleted_total")
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                log.warning("pod delete failed: %s %s", exc.status, exc.reason, extra=ctx)
-        except Exception as exc:  # connection errors: the next relist retries
+            if self.pods.delete(namespace, name, uid=uid):
+                self.metrics.inc("deleted_total")
+        except ApiError as exc:
+            if exc.status == 409:
+                log.info("pod not deleted: it was replaced by another pod of the same name", extra=ctx)
+            else:
+                log.warning("pod delete failed: %s", exc, extra=ctx)
+        except Exception as exc:  # noqa: BLE001 - connection errors: the next relist deletes it again
             log.warning("pod delete failed: %s", exc, extra=ctx)
 
 
@@ -178,16 +183,13 @@ class NamespaceWatch:
         self.w, self.ns, self.term = watcher, namespace, term
         self.rv_key = watcher.keys.resource_version(namespace)
         self._last_checkpoint = 0.0
-        self._resp: Any = None
+        self._watch: PodWatch | None = None
 
     def interrupt(self) -> None:
         """Unblock a watch waiting for the next event (stop, lost lease)."""
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
+        watch = self._watch
+        if watch is not None:
+            watch.interrupt()
 
     def _stopped(self) -> bool:
         return self.term.is_set() or self.w.stopping.is_set()
@@ -205,7 +207,8 @@ class NamespaceWatch:
                 log.info("resourceVersion %s expired (410): relisting", rv, extra={"namespace": self.ns})
                 self.w.metrics.inc("relists_410_total")
                 rv = ""
-            except Exception as exc:  # API or Redis unreachable, 429, 5xx: back off, keep the checkpoint
+            except Exception as exc:  # noqa: BLE001 - any failure: back off, keep the checkpoint
+                # API or Redis unreachable, 429, 5xx, a watch ERROR event
                 outcome = classify_exception(exc)
                 delay = max(outcome.retry_after or 0.0, backoff_delay(failures, base=0.2, cap=5.0))
                 failures += 1
@@ -216,57 +219,41 @@ class NamespaceWatch:
 
     def relist(self) -> str:
         seen: set[str] = set()
-        cont = None
+        cont = ""
         while True:
-            body = json.loads(raw(self.w.core.list_namespaced_pod, self.ns, label_selector=SELECTOR, limit=500,
-                                  _continue=cont, _request_timeout=(5, 60)))
-            for pod in body.get("items", []):
+            page = self.w.pods.list(self.ns, label_selector=SELECTOR, limit=500, continue_token=cont)
+            for pod in page.items:
                 seen.add(pod["metadata"]["name"])
                 self.w.handle(pod, "ADDED")
-            cont = (body.get("metadata") or {}).get("continue")
+            cont = page.continue_token
             if not cont:
                 break
         self.w.publish_vanished(self.ns, seen)
-        rv = body["metadata"]["resourceVersion"]
+        rv = page.resource_version
         self.checkpoint(rv, force=True)
         self.w.metrics.inc("relists_total")
         return rv
 
     def watch(self, rv: str) -> str:
-        timeout = self.w.settings.watch_timeout_seconds
-        try:
-            resp = self.w.core.list_namespaced_pod(
-                self.ns, label_selector=SELECTOR, watch=True, resource_version=rv, allow_watch_bookmarks=True,
-                timeout_seconds=timeout, _preload_content=False, _request_timeout=(5, timeout + 10))
-        except k8s.ApiException as exc:
-            if exc.status == 410:
-                raise Gone() from None
-            raise
-        self._resp = resp
+        """Publish the events after ``rv`` until the watch ends; returns the last resourceVersion seen.
+        Raises ``Gone`` when ``rv`` expired."""
+        watch = self.w.pods.watch(self.ns, rv, label_selector=SELECTOR,
+                                  timeout_seconds=self.w.settings.watch_timeout_seconds)
+        self._watch = watch
         if self._stopped():
-            self.interrupt()
+            watch.interrupt()
         try:
-            for line in _lines(resp):
+            for event in watch:
                 if self._stopped():
                     break
-                event = json.loads(line)
-                etype, obj = event.get("type"), event.get("object") or {}
-                if etype == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone()
-                    raise RuntimeError(f"watch error event: {obj.get('message')}")
+                etype, obj = event.get("type", ""), event.get("object") or {}
                 if etype != "BOOKMARK":
                     self.w.handle(obj, etype)
                 rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
                 self.checkpoint(rv, force=etype == "BOOKMARK")
-        except Exception:
-            if self._stopped():
-                return rv  # interrupted on purpose
-            raise
         finally:
-            self._resp = None
-            resp.release_conn()
-        self.checkpoint(rv, force=True)
+            self._watch = None
+        self.checkpoint(rv, force=True)  # every event up to rv is published
         return rv
 
     def checkpoint(self, rv: str, *, force: bool = False) -> None:
@@ -275,14 +262,3 @@ class NamespaceWatch:
             self.w.redis.set(self.rv_key, rv)
             self._last_checkpoint = now
 
-
-def _lines(resp: Any):  # noqa: ANN202 - generator of bytes lines
-    buf = b""
-    for chunk in resp.stream(amt=None, decode_content=False):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buf.strip():
-        yield buf

@@ -17,41 +17,42 @@ consumer. Reliability rules (docs/architecture.md has the full story):
   a failed result;
 - transient API errors are retried with jittered backoff for at most
   ``retry_budget_seconds`` per delivery, then left pending for redelivery;
-- revoked tasks are skipped; RevokeTask deletes the pod;
+- revoked tasks are skipped; RevokeTask deletes the pod of the revoked
+  dispatch (uid precondition: never a newer pod of the same name);
 - SIGTERM: stop reading, let in-flight creates finish (no new retries), exit;
   what is not settled stays pending for the other launchers.
+
+API calls go through ``kubeapi.PodApi`` (plain dicts); tests inject an in-memory one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
-from kubernetes import client as k8s
 
 from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
-from kubestream.kubeclient import raw
+from kubestream.kubeapi import ApiError, PodApi
 from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
-from kubestream.workload import token_expiry
 from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
+from kubestream.workload import token_expiry
 
 log = logging.getLogger("kubestream.launcher")
-REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 @dataclass(slots=True)
@@ -69,11 +70,13 @@ class _OlderPodExists(Exception):
 
 
 class Launcher:
-    def __init__(self, settings: Settings, redis_client: redis.Redis, api: k8s.ApiClient,
-                 *, name: str | None = None) -> None:
+    """``api``: an ApiClient (``kubeapi.api_client``); ``pods`` replaces the PodApi built on it."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis, api: Any,
+                 *, name: str | None = None, pods: PodApi | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
-        self.core = k8s.CoreV1Api(api)
+        self.pods = pods if pods is not None else PodApi(api)
         self.keys = Keys(settings.key_prefix)
         self.store = TaskStore(redis_client, self.keys, settings)
         self.name = name or settings.member_name()
@@ -81,7 +84,8 @@ class Launcher:
                                        min_idle_ms=int(settings.reclaim_idle_seconds * 1000))
         self.metrics = Metrics("launcher")
         self.limiter = RateLimiter(redis_client, self.keys.rate_limit, settings.create_rate, settings.create_burst)
-        self.template = load_template_yaml(open(settings.pod_template_file).read()) if settings.pod_template_file else None
+        self.template = (load_template_yaml(Path(settings.pod_template_file).read_text())
+                         if settings.pod_template_file else None)
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
         self._inflight: set[Future[None]] = set()
@@ -150,6 +154,11 @@ class Launcher:
             self._settled.append(entry)
             self._lock.notify_all()
 
+    def settled(self) -> list[Entry]:
+        """The entries settled and not acknowledged yet."""
+        with self._lock:
+            return list(self._settled)
+
     def _ack_loop(self) -> None:
         """Acknowledge settled entries as they come: one MULTI per batch that gathered meanwhile."""
         failures = 0
@@ -190,7 +199,7 @@ class Launcher:
         return claimed
 
     def _submit(self, entries: list[Entry]) -> int:
-        for work in self._prepare(entries):
+        for work in self.prepare(entries):
             fut = self._pool.submit(self._handle_safely, work)
             with self._lock:
                 self._inflight.add(fut)
@@ -203,7 +212,7 @@ class Launcher:
             self._inflight.discard(fut)
             self._lock.notify_all()
 
-    def _prepare(self, entries: list[Entry]) -> list[Work]:
+    def prepare(self, entries: list[Entry]) -> list[Work]:
         """Decode a batch and look up, in one round trip, whether each launch may go ahead."""
         works = []
         for entry in entries:
@@ -211,10 +220,9 @@ class Launcher:
                 works.append(Work(entry, decode(entry.raw)))
             except DecodeError as exc:
                 works.append(Work(entry, None, exc))
-        launches = [w for w in works if isinstance(w.message, LaunchTask)]
-        verdicts = self.store.launch_verdicts([(w.message.pod_name, w.message.external_executor_id)
-                                               for w in launches])  # type: ignore[union-attr]
-        for work, verdict in zip(launches, verdicts):
+        launches = [(w, w.message) for w in works if isinstance(w.message, LaunchTask)]
+        verdicts = self.store.launch_verdicts([(m.pod_name, m.external_executor_id) for _, m in launches])
+        for (work, _), verdict in zip(launches, verdicts, strict=True):
             work.verdict = verdict
         return works
 
@@ -232,8 +240,8 @@ class Launcher:
         if work.error is not None or message is None:
             exc = work.error
             key = exc.key() if exc is not None else None
-            self.store.fail_launch(entry.stream, entry.entry_id, failed(key, f"bad launch message: {exc}") if key else None,
-                                   dead_reason=f"decode: {exc}", raw=entry.raw)
+            event = failed(key, f"bad launch message: {exc}") if key else None
+            self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=f"decode: {exc}", raw=entry.raw)
             self.metrics.inc("dead_lettered_total")
             log.error("dead-lettered undecodable entry: %s", exc, extra=ctx)
             return
@@ -299,24 +307,15 @@ class Launcher:
         """Create the pod; a 409 is success unless the existing pod belongs to another dispatch
         (a revoked one still terminating): then retry until it is gone."""
         try:
-            raw(self.core.create_namespaced_pod, namespace, pod, _request_timeout=REQUEST_TIMEOUT)
-        except k8s.ApiException as exc:
+            self.pods.create(namespace, pod)
+        except ApiError as exc:
             if exc.status != 409 or not dispatch:
                 raise
-            existing = self._read(namespace, pod["metadata"]["name"])
+            existing = self.pods.get(namespace, pod["metadata"]["name"])
             theirs = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
             if existing is not None and theirs and theirs != dispatch:
                 raise _OlderPodExists(f"pod of an earlier dispatch {theirs} still exists") from None
             raise
-
-    def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body = raw(self.core.read_namespaced_pod, name, namespace, _request_timeout=REQUEST_TIMEOUT)
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return json.loads(body)
 
     def _revoke(self, msg: RevokeTask, entry: Entry) -> None:
         """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
@@ -324,15 +323,15 @@ class Launcher:
         ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
 
         def delete() -> None:
-            pod = self._read(namespace, msg.pod_name)
+            pod = self.pods.get(namespace, msg.pod_name)
             if pod is None:
                 return
             meta = pod["metadata"]
             theirs = (meta.get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
             if msg.external_executor_id and theirs and theirs != msg.external_executor_id:
                 return  # a newer dispatch's pod: not ours to delete
-            raw(self.core.delete_namespaced_pod, msg.pod_name, namespace, grace_period_seconds=0,
-                body={"preconditions": {"uid": meta["uid"]}}, _request_timeout=REQUEST_TIMEOUT)
+            # the uid precondition: 409 if the pod was replaced since it was read (retried, read again)
+            self.pods.delete(namespace, msg.pod_name, uid=meta["uid"], grace_period_seconds=0)
 
         outcome = self._retrying(delete, ctx)
         if outcome is None:
@@ -356,13 +355,13 @@ class Launcher:
                 outcome = Outcome("transient", str(exc))
             except Exception as exc:  # classified below; unknown errors are transient (bounded by max_deliveries)
                 outcome = classify_exception(exc)
-                if not isinstance(exc, k8s.ApiException) and outcome.kind == "permanent":
+                if not isinstance(exc, ApiError) and outcome.kind == "permanent":
                     log.error("unexpected error from the API client", exc_info=True, extra=ctx)
             if outcome.kind != "transient":
                 return outcome
             self.metrics.inc("transient_errors_total")
-            delay = max(outcome.retry_after or 0.0,
-                        backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds))
+            backoff = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
+            delay = max(outcome.retry_after or 0.0, backoff)
             attempt += 1
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)

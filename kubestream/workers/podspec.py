@@ -17,10 +17,9 @@ from typing import Any
 
 import yaml
 
-from kubestream.taskkey import MANAGED_LABEL, TaskKey
+from kubestream.taskkey import MANAGED_LABEL, TaskKey, task_annotations
 
-__all__ = ["PodSpecError", "build_pod", "load_template_yaml", "merge_pods", "safe_label_value",
-           "task_annotations", "task_labels"]
+__all__ = ["PodSpecError", "build_pod", "load_template_yaml", "merge_pods", "safe_label_value", "task_labels"]
 
 BASE_CONTAINER = "base"
 EXECUTE_WORKLOAD = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string"]
@@ -93,19 +92,6 @@ def task_labels(key: TaskKey, scheduler_id: str, *, airflow_version: str | None 
         labels["run_id"] = _label(key.run_id)
     labels[MANAGED_LABEL] = "true"
     return labels
-
-
-def task_annotations(key: TaskKey) -> dict[str, str]:
-    """Exact key values under the provider's names (see ``annotations_to_key``).
-
-    Unlike the provider, ``run_id`` is written even when empty, so the round
-    trip is exact for every key.
-    """
-    annotations = {"dag_id": key.dag_id, "task_id": key.task_id, "try_number": str(key.try_number)}
-    if key.map_index >= 0:
-        annotations["map_index"] = str(key.map_index)
-    annotations["run_id"] = key.run_id
-    return annotations
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,20 +176,21 @@ def _merge_container(base: dict[str, Any], client: dict[str, Any]) -> dict[str, 
     return _overlay(base, client)
 
 
-def _merge_containers(base: list | None, client: list | None) -> list | None:
+def _merge_containers(base: list[Any] | None, client: list[Any] | None) -> list[Any] | None:
     """By position; the longer list's tail is kept as is."""
     if not base:
         return client
     if not client:
         return base
-    merged = [_merge_container(b, c) for b, c in zip(base, client)]
+    merged = [_merge_container(b, c) for b, c in zip(base, client, strict=False)]  # lengths may differ
     return merged + base[len(client) :] + client[len(base) :]
 
 
-def _merge_init_containers(base: list, client: list) -> list:
+def _merge_init_containers(base: list[Any], client: list[Any]) -> list[Any]:
     """By name: base order (merged where the client has the name), then the rest."""
     by_name = {c.get("name"): c for c in client}
-    merged, matched = [], set()
+    merged: list[Any] = []
+    matched: set[Any] = set()
     for b in base:
         name = b.get("name")
         if name in by_name:
@@ -221,7 +208,7 @@ def _put(obj: dict[str, Any], field: str, value: Any) -> None:
         obj[field] = value
 
 
-def _merge_map(base: dict | None, client: dict | None) -> dict | None:
+def _merge_map(base: dict[str, Any] | None, client: dict[str, Any] | None) -> dict[str, Any] | None:
     if not base:
         return client
     if not client:
@@ -229,7 +216,7 @@ def _merge_map(base: dict | None, client: dict | None) -> dict | None:
     return {**base, **client}
 
 
-def _merge_metadata(base: dict | None, client: dict | None) -> dict | None:
+def _merge_metadata(base: Pod | None, client: Pod | None) -> Pod | None:
     if base is None or client is None:
         return client if base is None else base
     client = dict(client)
@@ -240,7 +227,7 @@ def _merge_metadata(base: dict | None, client: dict | None) -> dict | None:
     return _overlay(base, client)
 
 
-def _merge_spec(base: dict | None, client: dict | None) -> dict | None:
+def _merge_spec(base: Pod | None, client: Pod | None) -> Pod | None:
     if base is None or client is None:
         return client if base is None else base
     merged = dict(client)
@@ -326,7 +313,7 @@ def build_pod(
     }
     if image and not _template_image(tmpl):
         container["image"] = image
-    dynamic = {
+    dynamic: Pod = {
         "metadata": {
             "name": key.pod_name(),
             "namespace": namespace,

@@ -14,9 +14,9 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from kubestream.kubeclient import api_client
 from devkit.kubelet import SimKubelet
 from devkit.procs import pid_alive, wait_for
+from kubestream.kubeapi import api_client
 
 pytestmark = pytest.mark.cluster
 

@@ -11,16 +11,16 @@ import pytest
 from airflow import __version__ as airflow_version
 from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import annotations_to_key
 from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator, make_safe_label_value
-from kubernetes.client import ApiClient, models as k8s
+from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
 
-from kubestream.taskkey import TaskKey
+from kubestream.taskkey import TaskKey, task_annotations
 from kubestream.workers.podspec import (
     PodSpecError,
     build_pod,
     load_template_yaml,
     merge_pods,
     safe_label_value,
-    task_annotations,
     task_labels,
 )
 
