@@ -3,9 +3,10 @@
 - ``redis_server``: a real redis-server on a free loopback port.
 - ``redis_client`` / ``settings``: a client and Settings for a fresh key prefix per test
   (so tests never see each other's streams).
-- ``cluster``: the real local kube-apiserver + etcd (``devkit``).
+- ``local_cluster`` / ``cluster``: the real local kube-apiserver + etcd (``devkit.cluster``) and its state.
 - ``admin_api`` / ``api_for(identity)``: ApiClients acting as the admin or a component.
 - ``namespace``: a fresh namespace per test, with the launcher/watcher roles bound.
+- ``kubelet``: a simulated kubelet (a thread, rules mode) for that namespace.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from kubestream.keys import Keys
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.redisserver import RedisServer
+from kubestream.keys import Keys
 from kubestream.settings import Settings
 
 
@@ -62,24 +63,27 @@ def keys(key_prefix: str) -> Keys:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterState]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The real local kube-apiserver + etcd, up for the whole session and stopped at its end."""
     local = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    state = local.up()
-    state.__dict__["_local"] = local
+    local.up()
     try:
-        yield state
+        yield local
     finally:
         local.down()
 
 
 @pytest.fixture(scope="session")
-def local_cluster(cluster: ClusterState) -> LocalCluster:
-    return cluster.__dict__["_local"]
+def cluster(local_cluster: LocalCluster) -> ClusterState:
+    """The running local cluster's state: ports, tokens, ``kubeconfig(identity)``."""
+    state = local_cluster.running()
+    assert state is not None, "the local cluster stopped"
+    return state
 
 
 @pytest.fixture(scope="session")
 def api_for(cluster: ClusterState) -> Callable[[str], object]:
-    from kubestream.kubeclient import api_client
+    from kubestream.kubeapi import api_client
 
     cache: dict[str, object] = {}
 
@@ -115,8 +119,8 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
 @pytest.fixture
 def kubelet(cluster: ClusterState, namespace: str) -> Iterator[object]:
     """A simulated kubelet (rules mode) for this test's namespace, on a node of its own."""
-    from kubestream.kubeclient import api_client
     from devkit.kubelet import SimKubelet
+    from kubestream.kubeapi import api_client
 
     api = api_client(cluster.kubeconfig("kubelet"), pool_size=16)
     sim = SimKubelet(api, node_name=f"node-{namespace}", namespaces=[namespace]).start()

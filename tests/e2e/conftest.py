@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 
 from devkit.airflowstack import AirflowStack
-from kubestream.kubeclient import api_client
+from devkit.components import Components
 from devkit.kubelet import SimKubelet
 from devkit.postgres import PostgresServer
 from devkit.procs import wait_for
+from kubestream.kubeapi import api_client
 from kubestream.settings import Settings
-from tests.helpers import Components
 
 DAGS = Path(__file__).with_name("dags")
-
 
 
 @pytest.fixture(scope="session")

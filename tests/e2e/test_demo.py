@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.components import python_env
+
 pytestmark = pytest.mark.e2e
 
 
@@ -35,7 +37,7 @@ def test_the_demo_succeeds_twice_and_stops_everything() -> None:
     parent = Path(tempfile.mkdtemp(prefix="kubestream-demo-test-"))
     parent.chmod(0o755)
     demo_dir = str(parent / "demo")
-    env = {**os.environ, "KUBESTREAM_DEMO_DIR": demo_dir}
+    env = python_env({**os.environ, "KUBESTREAM_DEMO_DIR": demo_dir})  # devkit found from any cwd
     try:
         for run in (1, 2):  # the second run starts over the first one's state directory
             out = subprocess.run([sys.executable, "-m", "devkit.demo", "--timeout", "300"],

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from devkit.procs import wait_for
-from tests.helpers import FAST_ADOPTION
+from tests.e2e.airflow_config import FAST_ADOPTION
 
 pytestmark = [
     pytest.mark.e2e,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s
 
+from devkit.procs import wait_for
 from kubestream.executor.launches import task_key
 from kubestream.keys import Keys
-from devkit.procs import wait_for
-from tests.helpers import FAST_ADOPTION
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey
 from kubestream.workers.podspec import build_pod
+from tests.e2e.airflow_config import FAST_ADOPTION
 
 pytestmark = [
     pytest.mark.e2e,

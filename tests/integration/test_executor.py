@@ -5,14 +5,12 @@ from __future__ import annotations
 import types
 
 import pytest
-from kubernetes import client as k8s
 
-from kubestream.executor.launches import executor_config_parts, task_key
-from kubestream.keys import LAUNCH_GROUP
 from devkit.procs import free_port, wait_for
+from devkit.scheduler import DbStandIn, Driver
+from devkit.workloads import pod_name, sim, workload
+from kubestream.executor.launches import executor_config_parts
 from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode
-from tests.helpers import Driver, sim, workload
-from tests.helpers import DbStandIn
 
 
 def _ti(w):
@@ -82,55 +80,48 @@ def test_v1pod_override_and_template_file_are_shipped(tmp_path) -> None:
     assert tpl["spec"]["containers"][0]["image"] == "custom:1"
 
 
-def test_adoption_moves_ownership_and_later_events(settings, cluster, kubelet, components, make_executor,
-                                                   redis_client, keys) -> None:
-    old = Driver(make_executor())
+def test_adoption_moves_ownership_and_later_events(pipeline, streams) -> None:
+    old = pipeline.driver
     work = [workload("adopt", f"t{i}", executor_config=sim("run:delay=2")) for i in range(10)]
     old.submit(work)
-    components.start("launcher", settings, cluster.kubeconfig("launcher"))
-    components.start("watcher", settings, cluster.kubeconfig("watcher"))
-    wait_for(lambda: redis_client.scard(keys.live) == 10, timeout=60, what="all pods live")
+    pipeline.start()
+    wait_for(lambda: streams.live() == 10, timeout=60, what="all pods live")
     old.executor.terminate()  # the old scheduler dies
-    new = Driver(make_executor(scheduler_id="sched-b"))
+    new = pipeline.new_driver(scheduler_id="sched-b")
     stranger = workload("adopt", "never-dispatched")
     not_adopted = new.executor.try_adopt_task_instances([_ti(w) for w in work] + [_ti(stranger)])
     assert [t.key for t in not_adopted] == [stranger.ti.key]
     finals = new.run_until([w.ti.key for w in work], timeout=60)
     assert set(finals.values()) == {"success"}
-    assert redis_client.hget(keys.task(task_key(work[0].ti.key).pod_name()), "owner") == b"sched-b"
+    assert streams.task(pod_name(work[0]))["owner"] == "sched-b"
 
 
-def test_revoke_is_recorded_first_and_the_pod_removed(settings, cluster, kubelet, components, make_executor,
-                                                      redis_client, keys, admin_api) -> None:
-    ex = make_executor()
+def test_revoke_is_recorded_first_and_the_pod_removed(pipeline, streams, redis_client, keys) -> None:
+    ex = pipeline.executor
     running = workload("revoke", "running", executor_config=sim("run"))
     queued = workload("revoke", "queued")
-    Driver(ex).submit([running])
-    components.start("launcher", settings, cluster.kubeconfig("launcher"))
-    components.start("watcher", settings, cluster.kubeconfig("watcher"))
-    core = k8s.CoreV1Api(admin_api)
-    pod = task_key(running.ti.key).pod_name()
-    wait_for(lambda: core.read_namespaced_pod(pod, settings.namespace).status.phase == "Running", timeout=60,
-             what="the pod running")
+    pipeline.submit([running])
+    pipeline.start()
+    pod = pod_name(running)
+    wait_for(lambda: streams.pod_phase(pod) == "Running", timeout=60, what="the pod running")
     ex.revoke_task(ti=_ti(running))
     assert running.ti.key not in ex.running
-    assert redis_client.hget(keys.task(pod), "revoked") == b"1"
-    wait_for(lambda: pod not in {p.metadata.name for p in core.list_namespaced_pod(settings.namespace).items},
-             timeout=60, what="the revoked pod deleted")
+    assert streams.task(pod)["revoked"] == "1"
+    wait_for(lambda: pod not in streams.pods(), timeout=60, what="the revoked pod deleted")
     # a revoked task that was never launched: launchers skip it
     ex.queue_workload(queued, session=None)
     ex.trigger_tasks(1)
     ex.revoke_task(ti=_ti(queued))
-    wait_for(lambda: redis_client.xpending(keys.launch("default"), LAUNCH_GROUP)["pending"] == 0
-             and redis_client.xlen(keys.launch("default")) == 0, timeout=60, what="launch stream drained")
+    wait_for(lambda: streams.pending() == 0 and streams.launch_len() == 0, timeout=60,
+             what="launch stream drained")
     # skipped by the launcher, or (if its create won the race) deleted by the revoke and the watcher
-    queued_pod = task_key(queued.ti.key).pod_name()
-    wait_for(lambda: queued_pod not in {p.metadata.name for p in core.list_namespaced_pod(settings.namespace).items},
-             timeout=60, what="no pod for the revoked queued task")
+    wait_for(lambda: pod_name(queued) not in streams.pods(), timeout=60, what="no pod for the revoked queued task")
     assert not any(isinstance(decode(f[FIELD]), RevokeTask) for _, f in redis_client.xrange(keys.launch("default")))
 
 
-def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor, redis_client, keys) -> None:
+def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor, redis_client, keys,
+                                                                    streams) -> None:
+    from kubestream.executor.launches import task_key
     from kubestream.messages import TaskState, TaskStateChanged, encode
 
     ex = make_executor()
@@ -141,7 +132,7 @@ def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor,
     redis_client.xadd(stream, {FIELD: encode(TaskStateChanged(task_key(w.ti.key), TaskState.FAILED, "boom"))})
     driver = Driver(ex)
     assert driver.run_until([w.ti.key], timeout=10) == {w.ti.key: "failed"}
-    (dead,) = redis_client.xrange(keys.dead)
-    assert dead[1][b"reason"].startswith(b"result: not msgpack") and dead[1][b"stream"] == stream.encode()
-    assert redis_client.xpending(stream, "executor")["pending"] == 0
+    (dead,) = streams.dead_letters()
+    assert dead.reason.startswith("result: not msgpack") and dead.stream == stream
+    assert streams.results_pending() == 0
     assert w.ti.key not in ex._external_ids  # nothing kept for a finished task
