@@ -5,31 +5,32 @@ Runs against a real redis-server and the real local kube-apiserver. Every Kubern
 the raw client, the launchers and the watcher goes through ONE ``HttpFaultProxy`` (plain HTTP on
 loopback -> HTTPS apiserver) that adds ``--latency-ms`` to each request, so both sides of the
 throughput comparison see the same conditions. The proxy and the simulated kubelet run in child
-processes of their own, so that they share neither a GIL nor ``process_time`` with the raw client
-or the executor measured here. Prints figures and writes them to bench-results/pipeline.json.
-Compare ratios, not absolute times: this is a noisy 2-core machine.
+processes of their own (``devkit.isolated``), so that they share neither a GIL nor ``process_time``
+with the raw client or the executor measured here. Prints figures and writes them to
+bench-results/pipeline.json. Compare ratios, not absolute times: this is a noisy 2-core machine.
 
-    .venv/bin/python bench/pipeline.py [--latency-ms 0] [--pods 300] [--rounds 3] [--launchers 4]
+    .venv/bin/python -m bench.pipeline [--latency-ms 0] [--pods 300] [--rounds 3] [--launchers 4]
                                        [--concurrency 8] [--tasks 300] [--no-direct] [--max-seconds 420]
 
-Measurements:
+Phases (each returns a dataclass of figures; they share one ``Rig``: the cluster, Redis, the proxy
+and the child processes, all from ``devkit``, as the tests use them):
 
-1. throughput: ``--rounds`` rounds of ``--pods`` creates per side, the order rotating each round
-   (no kubelet in those namespaces: pods stay Pending, a create is all that is measured; the
-   namespaces are emptied between rounds), medians reported:
-   - ``raw``: the official client with launchers x concurrency threads, reading each (small)
-     response so that its connection is reused (as the launchers do);
-   - ``kubestream``: ``--launchers`` ``kubestream launcher`` processes, ``--concurrency`` creates in
-     flight each, fed through Redis.
+1. ``throughput_phase``: ``--rounds`` rounds of ``--pods`` creates per side, the order rotating each
+   round (no kubelet in those namespaces: pods stay Pending, a create is all that is measured; every
+   round's pods are counted, then deleted), medians reported:
+   - ``raw_client_phase``: the official client with launchers x concurrency threads, reading each
+     (small) response so that its connection is reused (as the launchers do);
+   - ``launchers_phase``: ``--launchers`` ``kubestream launcher`` processes, ``--concurrency``
+     creates in flight each, fed through Redis.
    Then the same rounds again without the proxy (``direct_no_proxy``; skip with ``--no-direct``):
    behind the proxy every request gets a new upstream TLS connection whatever the client does, so
    only the direct rounds show what connection reuse is worth against the real apiserver;
-2. executor side: one ``_process_workloads`` batch of 2000 workloads and ``sync()`` applying 2000
-   results (no Kubernetes involved; the Airflow DB lookup is a constant);
-3. completions: ``--tasks`` tasks dispatched through the real executor, created by the launchers,
-   run by a SimKubelet (rules mode, default "succeed", direct to the apiserver), reported by a
-   ``kubestream watcher`` (through the proxy) and applied by the executor's ``sync()``, polled every
-   50 ms while idle as a scheduler loop would. Reported: time to all final states, the slowest
+2. ``executor_batch_phase``: one ``_process_workloads`` batch of 2000 workloads and ``sync()``
+   applying 2000 results (no Kubernetes involved; the Airflow DB lookup is a constant);
+3. ``completions_phase``: ``--tasks`` tasks dispatched through the real executor, created by the
+   launchers, run by a SimKubelet (rules mode, default "succeed", direct to the apiserver), reported
+   by a ``kubestream watcher`` (through the proxy) and applied by the executor's ``sync()``, polled
+   every 50 ms while idle as a scheduler loop would. Reported: time to all final states, the slowest
    ``sync()`` and the ``trigger_tasks()`` call (wall, CPU, and time in Python's GC), and the
    scheduler thread's CPU per task (``time.thread_time`` inside those calls, idle polls included).
 
@@ -46,305 +47,277 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+import redis
 from kubernetes import client as k8s
 
-from kubestream.keys import LAUNCH_GROUP, Keys
 from devkit.cluster import ClusterState, LocalCluster
-from kubestream.kubeapi import api_client, raw
-from devkit.procs import free_port, stop_pid
+from devkit.components import REPO_ROOT, Components
+from devkit.isolated import IsolatedProxy, proxied_kubeconfig, start_kubelet, start_proxy
+from devkit.pipeline import Pipeline
+from devkit.probe import Streams
 from devkit.redisserver import RedisServer
-from kubestream.messages import TaskState, TaskStateChanged
+from kubestream.keys import Keys
+from kubestream.kubeapi import api_client, raw
+from kubestream.messages import FIELD, LaunchTask, TaskState, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
 
-NS_RAW, NS_KS, NS_DONE = "bench-raw", "bench-ks", "bench-done"
+RESULTS_FILE = REPO_ROOT / "bench-results" / "pipeline.json"
+VIA = "one HttpFaultProxy (own process) for raw client, launchers and watcher; kubelet direct"
 POLL = 0.05  # sync() polling interval while no result is waiting
+EXECUTOR_BATCH = 2000
 
 
 class BenchAborted(BaseException):
     """Watchdog or signal: a BaseException so that no `except Exception` on the way swallows it."""
 
 
-# -- child processes ------------------------------------------------------------------------------------
-
-# Children get SIGTERM when this process dies, even by SIGKILL (PR_SET_PDEATHSIG = 1).
-_GUARD = ("import ctypes, os, runpy, signal, sys; ctypes.CDLL(None).prctl(1, int(signal.SIGTERM)); "
-          "os.getppid() == int(sys.argv.pop(1)) or sys.exit(1); sys.argv[0] = {name!r}; "
-          "runpy.run_{kind}({target!r}, run_name='__main__')")
+# -- the rig: what every phase shares ------------------------------------------------------------------
 
 
-class Children:
-    """Every process this benchmark starts itself; stopped by PID, newest first."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def cli(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        code = _GUARD.format(name="kubestream", kind="module", target="kubestream.cli")
-        return self._start(name, [sys.executable, "-c", code, str(os.getpid()), *args], env)
-
-    def helper(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        code = _GUARD.format(name=__file__, kind="path", target=__file__)
-        return self._start(name, [sys.executable, "-c", code, str(os.getpid()), "--helper", *args], dict(os.environ))
-
-    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=ROOT)
-        self.procs.append((name, proc))
-        return proc
-
-    def check(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        for name, proc in self.procs:
-            if (procs is None or proc in procs) and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
-
-    def tail(self, name: str, chars: int = 3000) -> str:
-        try:
-            return (self.log_dir / f"{name}.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        for name, proc in reversed(list(self.procs)):
-            if procs is None or proc in procs:
-                stop_pid(proc.pid, timeout=15)
-                self.procs.remove((name, proc))
+@dataclass(frozen=True)
+class Namespaces:
+    raw: str = "bench-raw"  # raw client creates (no kubelet: pods stay Pending)
+    launched: str = "bench-ks"  # launcher creates (no kubelet)
+    done: str = "bench-done"  # completions (a simulated kubelet runs the pods)
 
 
-def wait(cond: Callable[[], object], *, timeout: float, what: str, children: Children,
-         procs: list[subprocess.Popen[bytes]] | None = None, interval: float = 0.05) -> object:
-    """Poll ``cond``; fail at once if one of ``procs`` (default: all children) exited."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        children.check(procs)
-        try:
-            value = cond()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - e.g. the server is not up yet
-            last = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last!r})" if last else ""))
-        time.sleep(interval)
+@dataclass(frozen=True)
+class Rig:
+    """The local cluster, Redis, ONE latency proxy (own process) for every measured API call, the
+    child processes, and a direct admin client for setup and cleanup (never measured)."""
+
+    cluster: ClusterState
+    redis_url: str
+    proxy: IsolatedProxy
+    children: Components
+    admin: k8s.CoreV1Api
+    work: Path
+    namespaces: Namespaces
+    setenv: Callable[[str, str], object]  # for the executor's AIRFLOW__KUBESTREAM__* variables
+
+    def kubeconfig(self, identity: str, *, proxied: bool) -> str:
+        if proxied:
+            return proxied_kubeconfig(self.work, self.proxy.url, self.cluster.tokens[identity], identity)
+        return self.cluster.kubeconfig(identity)
+
+    def settings(self, *, namespace: str, queue: str, scheduler_id: str) -> Settings:
+        """Settings with a key prefix of their own (a phase never sees another's streams)."""
+        return Settings.from_mapping({"redis_url": self.redis_url, "key_prefix": f"b{uuid.uuid4().hex[:8]}",
+                                      "scheduler_id": scheduler_id, "namespace": namespace, "queues": queue})
+
+    def settle(self, namespace: str, expected: int) -> None:
+        """Check that a round created ``expected`` pods in ``namespace``, then delete them (unbound pods
+        go at once) so that the next round starts from an empty namespace."""
+        created = len(self.admin.list_namespaced_pod(namespace).items)
+        if created != expected:
+            raise RuntimeError(f"{created} pods in {namespace}, {expected} expected")
+        self.admin.delete_collection_namespaced_pod(namespace, grace_period_seconds=0, _preload_content=False)
+        deadline = time.monotonic() + 60
+        while self.admin.list_namespaced_pod(namespace, limit=1).items:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pods of {namespace} not deleted")
+            time.sleep(0.1)
 
 
-def run_helper(argv: list[str]) -> int:
-    """Child process body: ``proxy`` (HttpFaultProxy) or ``kubelet`` (SimKubelet), until SIGTERM."""
-    import threading
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["proxy", "kubelet"])
-    parser.add_argument("--ready-file", required=True)
-    parser.add_argument("--target-port", type=int)
-    parser.add_argument("--listen-port", type=int)
-    parser.add_argument("--ca-file")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--kubeconfig")
-    parser.add_argument("--namespace")
-    args = parser.parse_args(argv)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    if args.kind == "proxy":
-        from devkit.faultproxy import HttpFaultProxy
-
-        server: Any = HttpFaultProxy("127.0.0.1", args.target_port, listen_port=args.listen_port,
-                                     ca_file=args.ca_file).start()
-        server.latency_ms = args.latency_ms
-    else:
-        from devkit.kubelet import SimKubelet
-
-        server = SimKubelet(api_client(args.kubeconfig, pool_size=16), node_name="bench-node",
-                            mode="rules", default_rule="succeed", namespaces=[args.namespace]).start()
-    Path(args.ready_file).write_text("ready")
+@contextmanager
+def bench_rig(local: LocalCluster, cluster: ClusterState, redis_url: str, work: Path, *, latency_ms: float,
+              namespaces: Namespaces = Namespaces(),
+              setenv: Callable[[str, str], object] = os.environ.__setitem__) -> Iterator[Rig]:
+    """A rig on a running cluster and Redis: namespaces created, the proxy started; all stopped after."""
+    local.ensure_namespaces(cluster, (namespaces.raw, namespaces.launched, namespaces.done))
+    children = Components(work, log_level="WARNING")
+    admin = api_client(cluster.kubeconfig("admin"))
     try:
-        while not done.wait(1.0):
-            pass
+        proxy = start_proxy(children, cluster, latency_ms=latency_ms)
+        yield Rig(cluster, redis_url, proxy, children, k8s.CoreV1Api(admin), work, namespaces, setenv)
+    except BaseException:
+        print(children.logs(), file=sys.stderr)
+        raise
     finally:
-        server.stop()
-        if args.kind == "proxy":
-            print(f"proxy: {server.requests_seen} requests forwarded", flush=True)
-    return 0
+        admin.close()
+        children.stop_all()
 
 
-def start_helper(children: Children, work: Path, kind: str, args: list[str]) -> subprocess.Popen[bytes]:
-    ready = work / f"{kind}.ready"
-    proc = children.helper(kind, [kind, "--ready-file", str(ready), *args])
-    wait(ready.exists, timeout=60, what=f"{kind} helper ready", children=children, procs=[proc])
-    return proc
-
-
-def proxied_kubeconfig(work: Path, proxy_url: str, state: ClusterState, identity: str) -> str:
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "proxied",
-        "clusters": [{"name": "proxied", "cluster": {"server": proxy_url}}],
-        "users": [{"name": identity, "user": {"token": state.tokens[identity]}}],
-        "contexts": [{"name": "proxied", "context": {"cluster": "proxied", "user": identity}}],
-    }
-    path = work / f"kubeconfig-proxied-{identity}"
-    path.write_text(json.dumps(config))  # JSON is valid YAML
-    path.chmod(0o600)
-    return str(path)
-
-
-def component_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESTREAM_")}
-    env.update(settings.to_env())
-    env.update({f"KUBESTREAM_{k.upper()}": v for k, v in overrides.items()})
-    return env
-
-
-def start_launchers(children: Children, settings: Settings, kubeconfig: str, n: int, concurrency: int,
-                    tag: str) -> list[subprocess.Popen[bytes]]:
-    import redis
-
-    procs = [children.cli(f"{tag}-launcher-{i}", ["launcher", "--log-level", "WARNING"],
-                          component_env(settings, kube_config=kubeconfig, launch_concurrency=str(concurrency),
-                                        consumer_name=f"{tag}-{i}"))
-             for i in range(n)]
-    r = redis.Redis.from_url(settings.redis_url)
-    streams = [Keys(settings.key_prefix).launch(q) for q in settings.queues]
+@contextmanager
+def local_servers(work: Path) -> Iterator[tuple[LocalCluster, ClusterState, str]]:
+    """A fresh local cluster and redis-server under ``work``; stopped after."""
+    local, redis_server = LocalCluster(work / "cluster"), RedisServer(data_dir=work / "redis")
     try:
-        # a consumer shows up with its first XREADGROUP: then it is serving
-        wait(lambda: all(len(r.xinfo_consumers(s, LAUNCH_GROUP)) == n for s in streams), timeout=90,
-             what="launchers ready", children=children, procs=procs, interval=0.2)
+        redis_server.start()
+        yield local, local.up(), redis_server.url
     finally:
-        r.close()
-    return procs
+        local.down()
+        redis_server.stop()
 
 
-# -- 1. throughput ------------------------------------------------------------------------------------------
+# -- 1. throughput -------------------------------------------------------------------------------------------
 
 
-def raw_client(core: k8s.CoreV1Api, ns: str, pods: int, threads: int, run: str) -> float:
-    """``threads`` creates in flight, each response read so that its connection is reused."""
+@dataclass(frozen=True)
+class Round:
+    pods: int
+    seconds: float
+
+    @property
+    def pods_per_s(self) -> float:
+        return self.pods / self.seconds
+
+
+@dataclass(frozen=True)
+class Throughput:
+    raw_client_pods_per_s: float
+    kubestream_pods_per_s: float
+    ratio_kubestream_to_raw: float
+    rounds_pods_per_s: dict[str, list[float]]
+    pods_created: dict[str, int]  # per side, over the measured rounds (each round's count is checked)
+
+
+def raw_client_phase(core: k8s.CoreV1Api, namespace: str, pods: int, threads: int, run: str) -> Round:
+    """``pods`` creates, ``threads`` in flight, each response read so that its connection is reused."""
 
     def create(i: int) -> None:
-        pod = build_pod(key=TaskKey("raw", f"t{i}", run, 1), namespace=ns, image="img",
+        pod = build_pod(key=TaskKey("raw", f"t{i}", run, 1), namespace=namespace, image="img",
                         workload_json="{}", scheduler_id="bench", template=None, pod_override=None)
-        raw(core.create_namespaced_pod, ns, pod)
+        raw(core.create_namespaced_pod, namespace, pod)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, range(pods)))
-    return pods / (time.perf_counter() - t0)
+    return Round(pods, time.perf_counter() - t0)
 
 
-def throughput(core: k8s.CoreV1Api, cleanup: k8s.CoreV1Api, settings: Settings, children: Children,
-               procs: list[subprocess.Popen[bytes]], pods: int, rounds: int, inflight: int, tag: str) -> dict[str, Any]:
-    """Alternating rounds (the order rotates) of: raw client, launchers."""
-    sides: dict[str, Callable[[str], float]] = {
-        "raw": lambda run: raw_client(core, NS_RAW, pods, inflight, run),
-        "kubestream": lambda run: launchers_round(settings, children, procs, NS_KS, pods, run),
-    }
-    raw_client(core, NS_RAW, inflight, inflight, f"{tag}-warmup")  # connections and caches, not measured
-    empty_namespace(cleanup, NS_RAW)
-    got: dict[str, list[float]] = {name: [] for name in sides}
-    names = list(sides)
-    for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            got[name].append(sides[name](f"{tag}{i}"))
-            empty_namespace(cleanup, NS_KS if name == "kubestream" else NS_RAW)
-        print(f"{tag} round {i}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in got.items()) + " pods/s",
-              file=sys.stderr, flush=True)
-    med = {name: statistics.median(v) for name, v in got.items()}
-    return {
-        "raw_client_pods_per_s": round(med["raw"], 1),
-        "kubestream_pods_per_s": round(med["kubestream"], 1),
-        "ratio_kubestream_to_raw": round(med["kubestream"] / med["raw"], 3),
-        "rounds_pods_per_s": {name: [round(x, 1) for x in v] for name, v in got.items()},
-    }
+def launchers_phase(pipeline: Pipeline, redis_client: redis.Redis, pods: int, run: str) -> Round:
+    """``pods`` launches written in one MULTI/EXEC; the time until the launchers created them all."""
+    settings = pipeline.settings
+    keys, queue = Keys(settings.key_prefix), settings.queues[0]
+    store = TaskStore(redis_client, keys, settings)
+    stream = keys.launch(queue)
+    pipe = redis_client.pipeline(transaction=True)
+    for i in range(pods):
+        key = TaskKey("ks", f"t{i}", run, 1)
+        store.record_dispatch(pipe, key, owner="bench", queue=queue, namespace=settings.namespace, dispatch="")
+        pipe.xadd(stream, {FIELD: encode(LaunchTask(key=key, queue=queue, scheduler_id="bench", workload_json="{}"))})
+    t0 = time.perf_counter()
+    pipe.execute()
+    # a launcher deletes an entry once it is settled: an empty stream = all handled (settle() counts the pods)
+    pipeline.components.wait(lambda: redis_client.xlen(stream) == 0, timeout=120 + pods, interval=0.01,
+                             what="all pods created", procs=pipeline.launchers)
+    return Round(pods, time.perf_counter() - t0)
 
 
-def launchers_round(settings: Settings, children: Children, procs: list[subprocess.Popen[bytes]], ns: str,
-                    pods: int, run: str) -> float:
-    import redis
-
-    from kubestream.messages import FIELD, LaunchTask, encode
-
-    keys = Keys(settings.key_prefix)
-    r = redis.Redis.from_url(settings.redis_url)
-    store = TaskStore(r, keys, settings)
-    stream = keys.launch(settings.queues[0])
+def throughput_phase(rig: Rig, *, proxied: bool, pods: int, rounds: int, launchers: int,
+                     concurrency: int) -> Throughput:
+    """Alternating rounds (the order rotates) of the raw client and the launchers, through the proxy
+    or directly against the apiserver; medians."""
+    tag, inflight = ("p" if proxied else "d"), launchers * concurrency
+    ns = rig.namespaces
+    settings = rig.settings(namespace=ns.launched, queue="bench", scheduler_id="bench")
+    raw_api = api_client(rig.kubeconfig("admin", proxied=proxied), pool_size=2 * inflight)
+    redis_client = redis.Redis.from_url(rig.redis_url)
+    pipe = Pipeline(settings, rig.cluster, rig.children, setenv=rig.setenv,
+                    launcher_kubeconfig=rig.kubeconfig("launcher", proxied=proxied))
     try:
-        pipe = r.pipeline(transaction=True)
-        for i in range(pods):
-            key = TaskKey("ks", f"t{i}", run, 1)
-            store.record_dispatch(pipe, key, owner="bench", queue=settings.queues[0], namespace=ns, dispatch="")
-            pipe.xadd(stream, {FIELD: encode(LaunchTask(key, settings.queues[0], "bench", "{}"))})
-        t0 = time.perf_counter()
-        pipe.execute()
-        # the launcher deletes an entry once its pod is created: an empty stream = all created
-        wait(lambda: r.xlen(stream) == 0, timeout=120 + pods, interval=0.01, what="all pods created",
-             children=children, procs=procs)
-        return pods / (time.perf_counter() - t0)
+        for i in range(launchers):
+            pipe.launcher(launch_concurrency=str(concurrency),
+                          consumer_name=f"{'proxied' if proxied else 'direct'}-launcher-{i}")
+        pipe.wait_serving(Streams(redis_client, settings))
+        raw_core = k8s.CoreV1Api(raw_api)
+        sides: dict[str, tuple[str, Callable[[str], Round]]] = {
+            "raw": (ns.raw, lambda run: raw_client_phase(raw_core, ns.raw, pods, inflight, run)),
+            "kubestream": (ns.launched, lambda run: launchers_phase(pipe, redis_client, pods, run)),
+        }
+        raw_client_phase(raw_core, ns.raw, inflight, inflight, f"{tag}-warmup")  # connections, caches: not measured
+        rig.settle(ns.raw, inflight)
+        got: dict[str, list[Round]] = {name: [] for name in sides}
+        names = list(sides)
+        for i in range(rounds):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                namespace, side = sides[name]
+                got[name].append(side(f"{tag}{i}"))
+                rig.settle(namespace, pods)
+            print(f"{tag} round {i}: " + ", ".join(f"{n} {r[-1].pods_per_s:.1f}" for n, r in got.items()) + " pods/s",
+                  file=sys.stderr, flush=True)
     finally:
-        r.close()
-
-
-def empty_namespace(core: k8s.CoreV1Api, ns: str) -> None:
-    """Unbound pods are deleted at once: the next round starts from an empty namespace."""
-    core.delete_collection_namespaced_pod(ns, grace_period_seconds=0, _preload_content=False)
-    deadline = time.monotonic() + 60
-    while core.list_namespaced_pod(ns, limit=1).items:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pods of {ns} not deleted")
-        time.sleep(0.1)
+        pipe.stop()
+        raw_api.close()
+        redis_client.close()
+    med = {name: statistics.median(r.pods_per_s for r in rs) for name, rs in got.items()}
+    return Throughput(
+        raw_client_pods_per_s=round(med["raw"], 1),
+        kubestream_pods_per_s=round(med["kubestream"], 1),
+        ratio_kubestream_to_raw=round(med["kubestream"] / med["raw"], 3),
+        rounds_pods_per_s={name: [round(r.pods_per_s, 1) for r in rs] for name, rs in got.items()},
+        pods_created={name: sum(r.pods for r in rs) for name, rs in got.items()},
+    )
 
 
 # -- 2. executor side -----------------------------------------------------------------------------------------
 
 
-def executor_side(settings: Settings, pods: int, queue: str) -> dict[str, float]:
-    """Dispatch `pods` workloads and apply `pods` results through the real executor; CPU per task."""
-    from tests.helpers import DbStandIn, airflow_env, workload
+@dataclass(frozen=True)
+class ExecutorBatch:
+    batch_tasks: int  # dispatched in one batch, and as many final states applied by sync()
+    dispatch_ms_per_batch: float
+    cpu_us_per_task_dispatch: float
+    cpu_us_per_task_sync: float
+    worst_sync_ms: float
+    sync_calls: int
 
-    os.environ.update(airflow_env(settings))
-    ex = DbStandIn()
-    ex.start()
+
+def executor_batch_phase(rig: Rig, tasks: int = EXECUTOR_BATCH, queue: str = "unserved") -> ExecutorBatch:
+    """Dispatch ``tasks`` workloads in one batch and apply as many results through the real executor
+    (nothing serves ``queue``; the results are published directly); CPU per task."""
+    from devkit.scheduler import start_executor
+    from devkit.workloads import workload
+
+    settings = rig.settings(namespace=rig.namespaces.launched, queue=queue, scheduler_id="bench")
+    ex = start_executor(settings, rig.setenv)
     try:
-        work = [workload("bench", f"t{i}", queue=queue) for i in range(pods)]
+        work = [workload("bench", f"t{i}", queue=queue) for i in range(tasks)]
         for w in work:
             ex.queue_workload(w, session=None)
         c0, t0 = time.process_time(), time.perf_counter()
-        ex.trigger_tasks(pods)
+        ex.trigger_tasks(tasks)
         dispatch_cpu, dispatch_wall = time.process_time() - c0, time.perf_counter() - t0
         store = TaskStore(ex.redis, ex.keys, ex.settings)
         for w in work:
             k = w.ti.key
             store.publish(TaskStateChanged(TaskKey(k.dag_id, k.task_id, k.run_id, k.try_number, k.map_index),
                                            TaskState.SUCCEEDED))
+        buffers: list[dict[Any, Any]] = []
         c0, calls, worst = time.process_time(), 0, 0.0
         while ex.running:
             s = time.perf_counter()
             ex.sync()
-            ex.get_event_buffer()
+            buffers.append(ex.get_event_buffer())
             worst = max(worst, time.perf_counter() - s)
             calls += 1
         sync_cpu = time.process_time() - c0
     finally:
         ex.terminate()
-    return {"dispatch_ms_per_batch": dispatch_wall * 1000, "cpu_us_per_task_dispatch": dispatch_cpu / pods * 1e6,
-            "cpu_us_per_task_sync": sync_cpu / pods * 1e6, "worst_sync_ms": worst * 1000, "sync_calls": calls}
+    applied = sum(1 for buffer in buffers for state, _ in buffer.values()
+                  if str(getattr(state, "value", state)) == "success")
+    if applied != tasks:
+        raise RuntimeError(f"sync() applied {applied} successes for {tasks} tasks")
+    return ExecutorBatch(batch_tasks=tasks, dispatch_ms_per_batch=round(dispatch_wall * 1000, 2),
+                         cpu_us_per_task_dispatch=round(dispatch_cpu / tasks * 1e6, 2),
+                         cpu_us_per_task_sync=round(sync_cpu / tasks * 1e6, 2),
+                         worst_sync_ms=round(worst * 1000, 2), sync_calls=calls)
 
 
 # -- 3. completions ----------------------------------------------------------------------------------------------
@@ -369,28 +342,51 @@ class GcClock:
         self.full += info.get("generation") == 2
 
 
-def completions(settings: Settings, children: Children, launcher_kubeconfig: str, watcher_kubeconfig: str,
-                tasks: int, n_launchers: int, concurrency: int, timeout: float) -> dict[str, Any]:
-    """Dispatch ``tasks`` through the real executor; time until sync() has reported every final state."""
-    import redis
+@dataclass(frozen=True)
+class Completions:
+    tasks: int
+    seconds_dispatch_to_all_final_in_sync: float
+    seconds_dispatch_to_all_pods_created: float | None
+    seconds_dispatch_to_first_final: float
+    seconds_dispatch_to_median_final: float
+    final_states: dict[str, int]
+    running_events: int
+    trigger_tasks_ms: float
+    trigger_tasks_cpu_ms: float
+    trigger_tasks_gc_ms: float
+    slowest_sync_ms: float
+    slowest_sync_cpu_ms: float  # the rest: Redis round trips, waiting for a core
+    slowest_sync_gc_ms: float
+    p99_sync_ms: float
+    sync_calls: int
+    sync_calls_idle: int
+    scheduler_cpu_us_per_task: float
+    scheduler_cpu_us_per_task_without_idle_polls: float
+    gc_full_collections: int
+    gc_longest_pause_ms: float
 
-    from tests.helpers import DbStandIn, airflow_env, workload
 
-    keys = Keys(settings.key_prefix)
-    r = redis.Redis.from_url(settings.redis_url)
-    watcher = children.cli("watcher", ["watcher", "--log-level", "WARNING"],
-                           component_env(settings, kube_config=watcher_kubeconfig, consumer_name="bench-watcher"))
-    procs = [watcher, *start_launchers(children, settings, launcher_kubeconfig, n_launchers, concurrency, "done")]
-    # the watcher has relisted and checkpointed its resourceVersion: it is watching
-    wait(lambda: r.get(keys.resource_version(settings.namespace)), timeout=90, what="watcher watching",
-         children=children, procs=procs, interval=0.2)
+def completions_phase(rig: Rig, *, tasks: int, launchers: int, concurrency: int, timeout: float) -> Completions:
+    """Dispatch ``tasks`` through the real executor; time until sync() has reported every final state:
+    executor -> launchers -> proxy -> apiserver -> kubelet (own process, direct) -> watcher (proxy) -> sync()."""
+    from devkit.workloads import workload
 
-    os.environ.update(airflow_env(settings))
-    ex = DbStandIn()
-    ex.start()
-    stream = keys.launch("default")
+    ns = rig.namespaces.done
+    settings = rig.settings(namespace=ns, queue="default", scheduler_id="bench-done")
+    kubelet = start_kubelet(rig.children, rig.cluster.kubeconfig("kubelet"), ns, node_name=f"node-{ns}")
+    redis_client = redis.Redis.from_url(rig.redis_url)
+    pipe = Pipeline(settings, rig.cluster, rig.children, setenv=rig.setenv,
+                    launcher_kubeconfig=rig.kubeconfig("launcher", proxied=True),
+                    watcher_kubeconfig=rig.kubeconfig("watcher", proxied=True))
+    stream = Keys(settings.key_prefix).launch("default")
     gc_clock = GcClock()
     try:
+        pipe.watcher(consumer_name="bench-watcher")
+        for i in range(launchers):
+            pipe.launcher(launch_concurrency=str(concurrency), consumer_name=f"done-launcher-{i}")
+        pipe.wait_serving(Streams(redis_client, settings))  # launchers reading, the watcher watching
+        procs = [*pipe.launchers, *pipe.watchers, kubelet]
+        ex = pipe.executor
         work = [workload("done", f"t{i:04d}") for i in range(tasks)]
         for w in work:
             ex.queue_workload(w, session=None)
@@ -412,7 +408,7 @@ def completions(settings: Settings, children: Children, launcher_kubeconfig: str
             now = time.perf_counter()
             if now - t0 > timeout:
                 raise TimeoutError(f"only {len(finals)} of {tasks} final states after {timeout:.0f}s "
-                                   f"(launch stream length {r.xlen(stream)})")
+                                   f"(launch stream length {redis_client.xlen(stream)})")
             c0, g0 = time.thread_time(), gc_clock.total
             n = ex.sync()
             buffer = ex.get_event_buffer()
@@ -429,51 +425,49 @@ def completions(settings: Settings, children: Children, launcher_kubeconfig: str
                 elif value != "queued" and key not in finals:
                     finals[key] = value
                     final_at.append(at)
-            if all_created is None and r.xlen(stream) == 0:
+            if all_created is None and redis_client.xlen(stream) == 0:
                 all_created = time.perf_counter() - t0
             if not n:
-                children.check(procs)
+                rig.children.check(procs)
                 time.sleep(POLL)
         total = time.perf_counter() - t0
     finally:
         if gc_clock in gc.callbacks:
             gc.callbacks.remove(gc_clock)
-        ex.terminate()
-        r.close()
-        children.stop(procs)
+        pipe.stop()
+        rig.children.stop([kubelet])
+        redis_client.close()
     walls_ms = sorted(w * 1000 for w, _, _ in sync_calls)
     slowest = max(sync_calls)
-    return {
-        "tasks": tasks,
-        "seconds_dispatch_to_all_final_in_sync": round(total, 2),
-        "seconds_dispatch_to_all_pods_created": round(all_created, 2) if all_created is not None else None,
-        "seconds_dispatch_to_first_final": round(final_at[0], 2),
-        "seconds_dispatch_to_median_final": round(statistics.median(final_at), 2),
-        "final_states": dict(Counter(finals.values())),
-        "running_events": running_events,
-        "trigger_tasks_ms": round(trigger_ms, 1),
-        "trigger_tasks_cpu_ms": round(trigger_cpu * 1000, 1),
-        "trigger_tasks_gc_ms": round(trigger_gc * 1000, 1),
-        "slowest_sync_ms": round(walls_ms[-1], 1),
-        "slowest_sync_cpu_ms": round(slowest[1] * 1000, 1),  # the rest: Redis round trips, waiting for a core
-        "slowest_sync_gc_ms": round(slowest[2] * 1000, 1),
-        "p99_sync_ms": round(walls_ms[min(len(walls_ms) - 1, int(len(walls_ms) * 0.99))], 1),
-        "sync_calls": len(walls_ms),
-        "sync_calls_idle": idle_calls,
-        "scheduler_cpu_us_per_task": round(sched_cpu / tasks * 1e6, 1),
-        "scheduler_cpu_us_per_task_without_idle_polls": round((sched_cpu - idle_cpu) / tasks * 1e6, 1),
-        "gc_full_collections": gc_clock.full,
-        "gc_longest_pause_ms": round(gc_clock.longest * 1000, 1),
-    }
+    return Completions(
+        tasks=tasks,
+        seconds_dispatch_to_all_final_in_sync=round(total, 2),
+        seconds_dispatch_to_all_pods_created=round(all_created, 2) if all_created is not None else None,
+        seconds_dispatch_to_first_final=round(final_at[0], 2),
+        seconds_dispatch_to_median_final=round(statistics.median(final_at), 2),
+        final_states=dict(Counter(finals.values())),
+        running_events=running_events,
+        trigger_tasks_ms=round(trigger_ms, 1),
+        trigger_tasks_cpu_ms=round(trigger_cpu * 1000, 1),
+        trigger_tasks_gc_ms=round(trigger_gc * 1000, 1),
+        slowest_sync_ms=round(walls_ms[-1], 1),
+        slowest_sync_cpu_ms=round(slowest[1] * 1000, 1),
+        slowest_sync_gc_ms=round(slowest[2] * 1000, 1),
+        p99_sync_ms=round(walls_ms[min(len(walls_ms) - 1, int(len(walls_ms) * 0.99))], 1),
+        sync_calls=len(walls_ms),
+        sync_calls_idle=idle_calls,
+        scheduler_cpu_us_per_task=round(sched_cpu / tasks * 1e6, 1),
+        scheduler_cpu_us_per_task_without_idle_polls=round((sched_cpu - idle_cpu) / tasks * 1e6, 1),
+        gc_full_collections=gc_clock.full,
+        gc_longest_pause_ms=round(gc_clock.longest * 1000, 1),
+    )
 
 
 # -- main ----------------------------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--helper":
-        return run_helper(sys.argv[2:])
-    parser = argparse.ArgumentParser()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API request (both sides)")
     parser.add_argument("--pods", type=int, default=300, help="creates per throughput round and side")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw / launcher rounds")
@@ -482,100 +476,68 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=300, help="tasks of the completions measurement")
     parser.add_argument("--no-direct", action="store_true", help="skip the throughput rounds without the proxy")
     parser.add_argument("--max-seconds", type=int, default=420, help="abort (and clean up) after this long")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def _shield_signals() -> None:
+    """From here on, let the cleanup finish: the watchdog is off, signals are ignored."""
+    signal.alarm(0)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _arm_watchdog(max_seconds: int) -> None:
     def abort(signum: int, _frame: Any) -> None:
+        _shield_signals()
         raise BenchAborted(f"aborted by {signal.Signals(signum).name}"
-                           + (f" after --max-seconds {args.max_seconds}" if signum == signal.SIGALRM else ""))
+                           + (f" after --max-seconds {max_seconds}" if signum == signal.SIGALRM else ""))
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
         signal.signal(sig, abort)
-    signal.alarm(args.max_seconds)
+    signal.alarm(max_seconds)
 
+
+def results_json(args: argparse.Namespace, proxied: Throughput, direct: Throughput | None, batch: ExecutorBatch,
+                 completions: Completions, seconds: float) -> dict[str, Any]:
+    return {
+        "latency_ms": args.latency_ms, "via": VIA,
+        "pods_per_round": args.pods, "rounds": args.rounds, "in_flight_creates": args.launchers * args.concurrency,
+        **asdict(proxied),
+        "direct_no_proxy": asdict(direct) if direct else None,
+        **asdict(batch),
+        "completions": asdict(completions),
+        "bench_seconds": round(seconds, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _arm_watchdog(args.max_seconds)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="kubestream-bench-"))
     os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    children = Children(work)
-    cluster, redis_server = LocalCluster(work / "cluster"), RedisServer(data_dir=work / "redis")
-    apis: list[k8s.ApiClient] = []
     ok = False
     try:
-        redis_server.start()
-        state = cluster.up((NS_RAW, NS_KS, NS_DONE))
-        proxy_port = free_port()
-        start_helper(children, work, "proxy", ["--target-port", str(state.apiserver_port), "--listen-port",
-                                               str(proxy_port), "--ca-file", state.ca_file,
-                                               "--latency-ms", str(args.latency_ms)])
-        proxy_url = f"http://127.0.0.1:{proxy_port}"
-        inflight = args.launchers * args.concurrency
-
-        direct = api_client(state.kubeconfig("admin"))  # setup and cleanup only, never measured
-        raw_api = api_client(proxied_kubeconfig(work, proxy_url, state, "admin"), pool_size=2 * inflight)
-        apis += [direct, raw_api]
-        direct_core, raw_core = k8s.CoreV1Api(direct), k8s.CoreV1Api(raw_api)
-
-        # -- 1. throughput: alternating rounds through the proxy, then the same directly (no proxy)
-        settings = Settings.from_mapping({"redis_url": redis_server.url, "key_prefix": f"b{uuid.uuid4().hex[:6]}",
-                                          "scheduler_id": "bench", "namespace": NS_KS, "queues": "bench"})
-        procs = start_launchers(children, settings, proxied_kubeconfig(work, proxy_url, state, "launcher"),
-                                args.launchers, args.concurrency, "proxied")
-        proxied = throughput(raw_core, direct_core, settings, children, procs, args.pods, args.rounds, inflight, "p")
-        children.stop(procs)
-        raw_api.close()
-        direct_tp: dict[str, Any] = {}
-        if not args.no_direct:
-            raw_direct = api_client(state.kubeconfig("admin"), pool_size=2 * inflight)
-            apis.append(raw_direct)
-            procs = start_launchers(children, settings, state.kubeconfig("launcher"), args.launchers,
-                                    args.concurrency, "direct")
-            direct_tp = throughput(k8s.CoreV1Api(raw_direct), direct_core, settings, children, procs, args.pods,
-                                   args.rounds, inflight, "d")
-            children.stop(procs)
-            raw_direct.close()
-
-        # -- 2. executor side (no Kubernetes)
-        sched = executor_side(settings, 2000, "unserved")
-
-        # -- 3. completions: executor -> launchers -> proxy -> apiserver -> kubelet -> watcher -> sync()
-        start_helper(children, work, "kubelet", ["--kubeconfig", state.kubeconfig("kubelet"),
-                                                 "--namespace", NS_DONE])
-        done_settings = Settings.from_mapping({
-            "redis_url": redis_server.url, "key_prefix": f"c{uuid.uuid4().hex[:6]}", "scheduler_id": "bench-done",
-            "namespace": NS_DONE, "queues": "default"})
-        comp = completions(done_settings, children, proxied_kubeconfig(work, proxy_url, state, "launcher"),
-                           proxied_kubeconfig(work, proxy_url, state, "watcher"), args.tasks, args.launchers,
-                           args.concurrency, timeout=120 + args.tasks * 0.2)
-
-        results = {
-            "latency_ms": args.latency_ms,
-            "via": "one HttpFaultProxy (own process) for raw client, launchers and watcher; kubelet direct",
-            "pods_per_round": args.pods, "rounds": args.rounds, "in_flight_creates": inflight,
-            **proxied,
-            "direct_no_proxy": direct_tp or None,
-            **{k: round(v, 2) for k, v in sched.items()},
-            "completions": comp,
-            "bench_seconds": None,
-        }
-        results["bench_seconds"] = round(time.monotonic() - started, 1)
+        with ExitStack() as stack:
+            local, cluster, redis_url = stack.enter_context(local_servers(work))
+            rig = stack.enter_context(bench_rig(local, cluster, redis_url, work, latency_ms=args.latency_ms))
+            stack.callback(_shield_signals)  # runs first on the way out
+            sizes = {"pods": args.pods, "rounds": args.rounds, "launchers": args.launchers,
+                     "concurrency": args.concurrency}
+            proxied = throughput_phase(rig, proxied=True, **sizes)
+            direct = None if args.no_direct else throughput_phase(rig, proxied=False, **sizes)
+            batch = executor_batch_phase(rig)
+            completions = completions_phase(rig, tasks=args.tasks, launchers=args.launchers,
+                                            concurrency=args.concurrency, timeout=120 + args.tasks * 0.2)
+        results = results_json(args, proxied, direct, batch, completions, time.monotonic() - started)
         print(json.dumps(results, indent=2))
-        out = ROOT / "bench-results"
-        out.mkdir(exist_ok=True)
-        (out / "pipeline.json").write_text(json.dumps(results, indent=2))
+        RESULTS_FILE.parent.mkdir(exist_ok=True)
+        RESULTS_FILE.write_text(json.dumps(results, indent=2))
         ok = True
         return 0
     finally:
-        signal.alarm(0)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        if not ok:
-            for name, _ in children.procs:
-                print(f"== {name} (last lines)\n{children.tail(name, 1500)}", file=sys.stderr)
-        for api in apis:
-            api.close()
-        children.stop()
-        cluster.down()
-        redis_server.stop()
+        _shield_signals()
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:

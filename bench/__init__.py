@@ -1,0 +1,1 @@
+"""kubestream's benchmarks (``python -m bench.pipeline`` from the repository root); not shipped."""
