@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from kubestream.settings import Settings
+from kubestream.text import as_text
 
 
 def connect(settings: Settings, *, role: str = "worker") -> redis.Redis:
@@ -29,3 +30,20 @@ def connect(settings: Settings, *, role: str = "worker") -> redis.Redis:
         health_check_interval=30,
         protocol=2,  # RESP2 replies: XREADGROUP returns lists (see docs/architecture.md)
     )
+
+
+def eviction_warning(client: redis.Redis) -> str:
+    """A warning when the server may evict kubestream's keys, '' when its policy is ``noeviction``.
+
+    Task records carry TTLs, so a ``volatile-*`` policy would evict live tasks first; any policy
+    other than ``noeviction`` can drop stream entries or records under memory pressure. A server
+    that refuses CONFIG (managed services often do) gets no warning: the docs say what to set.
+    """
+    try:
+        policy = as_text(client.config_get("maxmemory-policy").get("maxmemory-policy"))
+    except redis.ResponseError:
+        return ""
+    if not policy or policy == "noeviction":
+        return ""
+    return (f"Redis maxmemory-policy is {policy!r}: under memory pressure it may evict kubestream's task records "
+            "and stream entries (tasks lost or stuck). Run Redis with maxmemory-policy noeviction.")

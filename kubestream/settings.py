@@ -198,6 +198,9 @@ class Settings:
         "Approximate MAXLEN of each result stream (acknowledged entries are trimmed).", _int(100)))
     task_ttl_seconds: int = field(default=7 * 24 * 3600, metadata=_doc(
         "Lifetime of a task's Redis record after its final state.", _int(60)))
+    reconcile_seconds: float = field(default=60.0, metadata=_doc(
+        "Executor: how often `running` is checked against the task records in Redis; a task whose record "
+        "vanished (Redis lost its data) is reported with the state it wrote to the Airflow DB.", _float(1)))
     metrics_port: int = field(default=0, metadata=_doc(
         "Launcher/watcher: HTTP port for /healthz and /metrics (Prometheus text). 0: disabled.", _int(0)))
     consumer_name: str = field(default="", metadata=_doc(

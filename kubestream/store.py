@@ -76,12 +76,22 @@ class TaskStore:
         rows = self._adopt([self.keys.task(p) for p in pod_names], owner=owner)
         return [(as_text(r[0]), as_text(r[1])) if r else None for r in rows]
 
-    def revoke(self, pod_names: Iterable[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    def revoke(self, pod_names: Iterable[str], pipe: redis.client.Pipeline | None = None) -> None:
+        """Mark tasks revoked; on ``pipe`` (executed by the caller, e.g. with the RevokeTask) when given."""
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=False) if pipe is None else pipe
         for pod in pod_names:
             pipe.hset(self.keys.task(pod), "revoked", "1")
             pipe.expire(self.keys.task(pod), self.settings.task_ttl_seconds)
-        pipe.execute()
+        if own:
+            pipe.execute()
+
+    def missing_records(self, pod_names: Sequence[str]) -> list[str]:
+        """The pods among ``pod_names`` whose task record does not exist (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pod in pod_names:
+            pipe.exists(self.keys.task(pod))
+        return [pod for pod, found in zip(pod_names, pipe.execute(), strict=True) if not found]
 
     # -- launcher / watcher side -------------------------------------------------------
     def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[str]:

@@ -22,7 +22,7 @@ from kubestream.executor.config import settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, encode
-from kubestream.redisconn import connect
+from kubestream.redisconn import connect, eviction_warning
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
@@ -49,6 +49,8 @@ class KubeStreamExecutor(BaseExecutor):
         self.scheduler_id = ""
         self._cursor = "0"  # first our own pending results (a restart), then new ones
         self._external_ids: dict[Any, str] = {}
+        self._adopt_later: list[TaskInstance] = []  # adoptions a Redis outage interrupted
+        self._next_reconcile = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
@@ -62,12 +64,21 @@ class KubeStreamExecutor(BaseExecutor):
             f"job-{self.job_id}" if getattr(self, "job_id", None) else socket.gethostname())
         self.redis = connect(self.settings, role="executor")
         self.store = TaskStore(self.redis, self.keys, self.settings)
+        self._ensure_group()
+        warning = eviction_warning(self.redis)
+        if warning:
+            self.log.warning("%s", warning)
+        self._next_reconcile = time.monotonic() + self.settings.reconcile_seconds
+        self.log.info("kubestream executor started: scheduler_id=%s results=%s", self.scheduler_id, self.results_stream)
+
+    def _ensure_group(self) -> None:
+        """Create this scheduler's result stream and group (again, after Redis lost its data)."""
+        assert self.redis is not None
         try:
             self.redis.xgroup_create(self.results_stream, RESULTS_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self.log.info("kubestream executor started: scheduler_id=%s results=%s", self.scheduler_id, self.results_stream)
 
     @property
     def results_stream(self) -> str:
@@ -97,26 +108,29 @@ class KubeStreamExecutor(BaseExecutor):
             if not isinstance(w, ExecuteTask):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
-                launches.append((w.ti.key, launch_message(w, self.scheduler_id)))
-            except ExecutorConfigError as exc:
-                self.log.error("invalid executor_config for %s: %s", w.ti.key, exc)
+                msg = launch_message(w, self.scheduler_id)
+                launches.append((w.ti.key, msg, encode(msg)))
+            except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
+                reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
+                    f"cannot build the launch message: {type(exc).__name__}: {exc}"
+                self.log.error("%s: %s", w.ti.key, reason)
                 del self.queued_tasks[w.ti.key]
-                self.fail(w.ti.key, info=f"invalid executor_config: {exc}")
+                self.fail(w.ti.key, info=reason)
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for _, msg in launches:
+        for _, msg, raw in launches:
             self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
-                                namespace=self.settings.namespace_for_queue(msg.queue),
-                                dispatch=msg.external_executor_id)
-            pipe.xadd(self.keys.launch(msg.queue), {FIELD: encode(msg)})
+                                       namespace=self.settings.namespace_for_queue(msg.queue),
+                                       dispatch=msg.external_executor_id)
+            pipe.xadd(self.keys.launch(msg.queue), {FIELD: raw})
         try:
             pipe.execute()
         except redis.RedisError as exc:
             # nothing was written (MULTI/EXEC): the workloads stay queued and go again next heartbeat
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
             return
-        for ti_key, msg in launches:
+        for ti_key, msg, _ in launches:
             del self.queued_tasks[ti_key]
             self.running.add(ti_key)
             if msg.external_executor_id:
@@ -127,9 +141,15 @@ class KubeStreamExecutor(BaseExecutor):
         """Apply up to ``sync_batch`` waiting results without blocking; returns how many."""
         if self.redis is None or self.settings is None:
             return 0
+        self._maintain()
         try:
             reply = self.redis.xreadgroup(RESULTS_GROUP, self.scheduler_id, {self.results_stream: self._cursor},
                                           count=self.settings.sync_batch)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            self._on_redis_reset()
+            return 0
         except redis.RedisError as exc:
             self.log.warning("Redis unavailable in sync(), results wait in %s: %s", self.results_stream, exc)
             return 0
@@ -149,6 +169,52 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
             self.log.warning("could not acknowledge %d results: %s", len(entries), exc)
         return len(entries)
+
+    def _maintain(self) -> None:
+        """Between result batches: finish adoptions an outage interrupted, and reconcile ``running``
+        against the task records every ``reconcile_seconds``."""
+        assert self.settings is not None
+        try:
+            if self._adopt_later:
+                tis, self._adopt_later = self._adopt_later, []
+                self._adopt(tis)
+            if time.monotonic() >= self._next_reconcile:
+                self._next_reconcile = time.monotonic() + self.settings.reconcile_seconds
+                self.reconcile()
+        except redis.RedisError as exc:
+            self.log.warning("Redis unavailable for adoption/reconciliation, retrying next sync: %s", exc)
+
+    def _on_redis_reset(self) -> None:
+        """The result group is gone: Redis lost its data. Recreate it and reconcile at once."""
+        self.log.error("the result stream %s lost its consumer group: Redis lost its data (restart without "
+                       "persistence, failover, FLUSHALL); recreating it and reconciling running tasks",
+                       self.results_stream)
+        try:
+            self._ensure_group()
+            self._cursor = "0"
+            self.reconcile()
+        except redis.RedisError as exc:
+            self.log.warning("could not recover from the Redis reset yet: %s", exc)
+
+    def reconcile(self) -> int:
+        """Report tasks in ``running`` whose Redis record vanished (Redis lost its data) with the state their
+        try wrote to the Airflow DB, so none is held forever; returns how many records were missing.
+
+        A task whose DB state is not final yet stays: its pod reports to the DB when it ends (or Airflow's
+        heartbeat check fails it), and Airflow requeues a task still queued after ``task_queued_timeout``.
+        """
+        assert self.store is not None
+        by_pod = {task_key(k).pod_name(): k for k in list(self.running)}
+        missing = self.store.missing_records(list(by_pod)) if by_pod else []
+        if not missing:
+            return 0
+        keys = [task_key(by_pod[pod]) for pod in missing]
+        states = self.task_states_from_db(keys)
+        final = [k for k in keys if states.get(k) in results.FINAL_DB_STATES]
+        self.log.error("%d running tasks lost their Redis record (Redis lost its data); %d have a final state "
+                       "in the Airflow DB and are reported, the rest wait for theirs", len(keys), len(final))
+        results.report_db_states(self, final)
+        return len(keys)
 
     def _dead_letter(self, eid: str, reason: str, fields: StreamFields | None) -> None:
         assert self.redis is not None and self.keys is not None
@@ -172,18 +238,27 @@ class KubeStreamExecutor(BaseExecutor):
 
     # -- adoption and revoke ------------------------------------------------------------------
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
-        assert self.store is not None
         if not tis:
             return []
-        started = time.monotonic()
         try:
-            last = self.store.adopt([task_key(ti.key).pod_name() for ti in tis], self.scheduler_id)
+            return self._adopt(tis)
         except redis.RedisError as exc:
-            self.log.warning("Redis unavailable, adopting nothing now: %s", exc)
-            return list(tis)
+            # Never answer "not adopted" because Redis blinked: Airflow would reset running tasks to a new try.
+            self.log.warning("Redis unavailable, %d task instances adopted and checked once it is back: %s",
+                             len(tis), exc)
+            for ti in tis:
+                self.running.add(ti.key)
+            self._adopt_later.extend(tis)
+            return []
+
+    def _adopt(self, tis: Sequence[TaskInstance]) -> list[TaskInstance]:
+        """Take ownership in Redis and report last states; returns the task instances kubestream never knew."""
+        assert self.store is not None
+        started = time.monotonic()
+        last = self.store.adopt([task_key(ti.key).pod_name() for ti in tis], self.scheduler_id)
         not_adopted, adopted = [], []
         for ti, state in zip(tis, last, strict=True):
-            if state is None:
+            if state is None:  # (after an interrupted adoption it stays in running: reconcile reports it)
                 not_adopted.append(ti)
                 continue
             self.running.add(ti.key)
@@ -204,11 +279,13 @@ class KubeStreamExecutor(BaseExecutor):
         if self.redis is None or self.store is None or self.keys is None:
             return
         queue = ti.queue or "default"
+        revoke = RevokeTask(key=key, queue=queue, reason="revoked by the scheduler",
+                            external_executor_id=ti.external_executor_id or "")
         try:
-            self.store.revoke([key.pod_name()])
-            revoke = RevokeTask(key=key, queue=queue, reason="revoked by the scheduler",
-                                external_executor_id=ti.external_executor_id or "")
-            self.redis.xadd(self.keys.launch(queue), {FIELD: encode(revoke)})
+            pipe = self.redis.pipeline(transaction=True)  # the flag and the command, both or neither
+            self.store.revoke([key.pod_name()], pipe)
+            pipe.xadd(self.keys.launch(queue), {FIELD: encode(revoke)})
+            pipe.execute()
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
 

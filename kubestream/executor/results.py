@@ -21,7 +21,7 @@ from kubestream.messages import FIELD, DecodeError, TaskState, TaskStateChanged,
 from kubestream.taskkey import TaskKey
 from kubestream.text import StreamFields
 
-_FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed", "skipped",
+FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed", "skipped",
                     "removed", "deferred"}
 
 
@@ -86,7 +86,7 @@ def report_db_states(executor: ResultSink, keys: Sequence[TaskKey]) -> None:
     for key in keys:
         ti_key = airflow_key(key)
         state = states.get(key)
-        if state in _FINAL_DB_STATES:
+        if state in FINAL_DB_STATES:
             executor.change_state(ti_key, state, None)
         else:
             executor.fail(ti_key, info=f"pod succeeded but the task's state is {state or 'unknown'}")

@@ -6,6 +6,10 @@
   crashed launcher) are claimed with XAUTOCLAIM, with their delivery counts;
 - ``read_new``: new entries, blocking at most ``block_ms``;
 - ``ack``: XACK + XDEL for a batch of entries in one MULTI, only once their outcomes are settled.
+
+A read that meets ``NOGROUP`` (Redis lost its data: a restart without
+persistence, a failover to an empty replica, FLUSHALL) recreates the groups
+and counts a reset in ``resets``; the launcher's health says so.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ class Entry:
 class StreamConsumer:
     def __init__(self, client: redis.Redis, streams: Sequence[str], name: str, *, min_idle_ms: int) -> None:
         self.redis, self.streams, self.name, self.min_idle_ms = client, list(streams), name, min_idle_ms
+        self.resets = 0
+
+    def _group_lost(self, exc: redis.ResponseError) -> None:
+        """Re-raise anything but NOGROUP; on NOGROUP recreate the groups (Redis lost its data)."""
+        if not str(exc).startswith("NOGROUP"):
+            raise exc
+        self.resets += 1
+        log.error("launch consumer group missing: Redis lost its data; recreating the groups",
+                  extra={"streams": ",".join(self.streams)})
+        self.ensure_groups()
 
     def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -45,30 +59,51 @@ class StreamConsumer:
                     raise
 
     def read_new(self, count: int, block_ms: int) -> list[Entry]:
-        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
-                                      count=count, block=block_ms)
+        try:
+            reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
+                                          count=count, block=block_ms)
+        except redis.ResponseError as exc:
+            self._group_lost(exc)
+            return []
         return [Entry(stream, eid, fields.get(FIELD, b""), 1)
                 for stream, eid, fields in stream_entries(reply) if fields is not None]
 
     def own_pending(self) -> list[Entry]:
-        reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
+        try:
+            reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
+        except redis.ResponseError as exc:
+            self._group_lost(exc)
+            return []
         return self._with_counts(stream_entries(reply))
 
     def reclaim(self) -> list[Entry]:
-        claimed: list[tuple[str, str, Any]] = []
+        """Claim entries idle longer than ``min_idle`` on *other* consumers (dead launchers).
+
+        Entries this consumer holds are never claimed back (they may be waiting in this process for the
+        rate limiter or a create thread: claiming them would only raise their delivery count).
+        """
+        claimed: list[Entry] = []
         for stream in self.streams:
-            cursor = "0-0"
-            while True:
-                reply = self.redis.xautoclaim(stream, LAUNCH_GROUP, self.name, self.min_idle_ms, cursor, count=100)
-                cursor, entries = as_text(reply[0]), reply[1]
-                claimed += [(stream, as_text(e), f) for e, f in entries]
-                for deleted in reply[2] if len(reply) > 2 else ():  # deleted while pending: nothing to do
-                    self.redis.xack(stream, LAUNCH_GROUP, deleted)
-                if cursor == "0-0":
-                    break
+            try:
+                idle = self.redis.xpending_range(stream, LAUNCH_GROUP, min="-", max="+", count=1000,
+                                                 idle=self.min_idle_ms)
+                theirs = {as_text(row["message_id"]): int(row["times_delivered"]) for row in idle
+                          if as_text(row["consumer"]) != self.name}
+                if not theirs:
+                    continue
+                got = self.redis.xclaim(stream, LAUNCH_GROUP, self.name, self.min_idle_ms, list(theirs))
+            except redis.ResponseError as exc:
+                self._group_lost(exc)
+                return []
+            # entries another launcher claimed first are not returned
+            for _, entry_id, fields in stream_entries([(stream, got)]):
+                if fields is None:  # deleted while pending (Redis < 7 still returns it): nothing to do
+                    self.redis.xack(stream, LAUNCH_GROUP, entry_id)
+                    continue
+                claimed.append(Entry(stream, entry_id, fields.get(FIELD, b""), theirs.get(entry_id, 0) + 1))
         if claimed:
             log.info("reclaimed %d idle launch entries", len(claimed))
-        return self._with_counts(claimed)
+        return claimed
 
     def _with_counts(self, rows: list[tuple[str, str, Any]]) -> list[Entry]:
         out = []

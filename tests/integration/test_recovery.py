@@ -1,0 +1,166 @@
+"""Nothing lost, nothing stuck: Redis losing its data, a Redis blip during adoption, a bad executor_config,
+a launcher that must not reclaim its own entries. Real Redis (and the real apiserver where pods are made)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import redis
+
+from devkit.faultproxy import FaultProxy
+from devkit.procs import wait_for
+from devkit.scheduler import Driver, start_executor
+from devkit.workloads import pod_name, sim, workload
+from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP
+from kubestream.messages import FIELD, TaskState, TaskStateChanged
+from kubestream.redisconn import eviction_warning
+from kubestream.store import TaskStore
+from kubestream.taskkey import TaskKey
+from kubestream.workers.consumer import StreamConsumer
+
+
+def _ti(w):
+    return types.SimpleNamespace(key=w.ti.key, queue=w.ti.queue, external_executor_id=w.ti.external_executor_id)
+
+
+def _groups(client: redis.Redis, stream: str) -> set[str]:
+    try:
+        return {g["name"].decode() for g in client.xinfo_groups(stream)}
+    except redis.ResponseError:  # no such stream
+        return set()
+
+
+def test_executor_recreates_its_result_group_after_redis_lost_its_data(make_executor, redis_client, keys,
+                                                                        settings) -> None:
+    ex = make_executor()
+    redis_client.flushdb()  # a restart without persistence
+    assert ex.sync() == 0
+    assert RESULTS_GROUP in _groups(redis_client, ex.results_stream)
+    # and results flow again: a task dispatched after the reset reports
+    w = workload("reset", "after")
+    driver = Driver(ex)
+    driver.submit([w])
+    key = TaskKey("reset", "after", "run-1", 1)
+    assert TaskStore(redis_client, keys, settings).publish(TaskStateChanged(key, TaskState.FAILED, "boom")).published
+    assert driver.run_until([w.ti.key], timeout=30)[w.ti.key] == "failed"
+
+
+def test_running_tasks_whose_records_vanished_are_reported_from_the_airflow_db(make_executor, redis_client,
+                                                                                 keys) -> None:
+    ex = make_executor(reconcile_seconds="1")
+    lost, kept = workload("lost", "a"), workload("lost", "b")
+    driver = Driver(ex)
+    driver.submit([lost, kept])
+    redis_client.delete(keys.task(pod_name(lost)))  # evicted, or a failover to a lagging replica
+    wait_for(lambda: driver.step() or lost.ti.key in driver.finals(), timeout=60,
+             what="the task with no record to be reported")
+    assert driver.finals()[lost.ti.key] == "success"  # what the task wrote to the DB (the stand-in says success)
+    assert kept.ti.key in ex.running and kept.ti.key not in driver.finals()
+
+
+def test_after_a_flush_every_running_task_is_reconciled_at_once(make_executor, redis_client) -> None:
+    ex = make_executor()  # reconcile_seconds is 60: the NOGROUP itself triggers the reconciliation
+    work = [workload("flushed", f"t{i}") for i in range(5)]
+    driver = Driver(ex)
+    driver.submit(work)
+    redis_client.flushdb()
+    driver.step()
+    assert {w.ti.key for w in work} <= set(driver.finals()) and not ex.running
+
+
+def test_a_redis_blip_during_adoption_resets_no_task(settings, redis_server, monkeypatch, redis_client,
+                                                     keys) -> None:
+    owner = start_executor(settings, monkeypatch.setenv, scheduler_id="dying")
+    work = [workload("adopt", f"t{i}") for i in range(3)]
+    Driver(owner).submit(work)
+    host, port = redis_server.url.split("//")[1].split("/")[0].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("AIRFLOW__KUBESTREAM__REDIS_URL", f"redis://127.0.0.1:{proxy.port}/0")
+        adopter = start_executor(settings, monkeypatch.setenv, scheduler_id="adopter",
+                                 redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+        proxy.refuse = True
+        proxy.cut_all()
+        assert adopter.try_adopt_task_instances([_ti(w) for w in work]) == []  # nothing handed back to reset
+        assert {w.ti.key for w in work} <= adopter.running
+        proxy.refuse = False
+        adopter.sync()  # Redis is back: the adoption is completed
+        owners = {redis_client.hget(keys.task(pod_name(w)), "owner") for w in work}
+        assert owners == {b"adopter"}
+
+
+def test_an_executor_config_that_cannot_be_encoded_fails_its_task_only(make_executor, redis_client, keys,
+                                                                       tmp_path) -> None:
+    template = tmp_path / "dated.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nmetadata:\n  annotations:\n    since: 2024-01-01\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    ex = make_executor()
+    dated = workload("enc", "dated", executor_config={"pod_template_file": str(template)})
+    garbage = workload("enc", "binary", executor_config={"pod_template_file": str(binary)})
+    good = workload("enc", "good", executor_config=sim("succeed"))
+    driver = Driver(ex)
+    driver.submit([dated, garbage, good])  # raised out of the scheduler loop before
+    driver.step()
+    finals = driver.finals()
+    assert finals[dated.ti.key] == "failed" and finals[garbage.ti.key] == "failed"
+    reasons = {k: info for k, _, info in driver.events}
+    assert "datetime.date" in reasons[dated.ti.key] and "UnicodeDecodeError" in reasons[garbage.ti.key]
+    assert good.ti.key in ex.running and redis_client.xlen(keys.launch("default")) == 1
+
+
+def test_revoke_writes_the_flag_and_the_command_in_one_transaction(make_executor, redis_client, keys) -> None:
+    ex = make_executor()
+    w = workload("revoke", "tx")
+    Driver(ex).submit([w])
+    before = redis_client.info("commandstats")["cmdstat_exec"]["calls"]
+    ex.revoke_task(ti=_ti(w))
+    assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == before + 1
+    assert redis_client.hget(keys.task(pod_name(w)), "revoked") == b"1"
+    assert redis_client.xlen(keys.launch("default")) == 2  # the launch and the RevokeTask
+
+
+def test_a_launcher_never_reclaims_the_entries_it_holds(redis_client, keys) -> None:
+    stream = keys.launch("default")
+    mine = StreamConsumer(redis_client, [stream], "mine", min_idle_ms=50)
+    other = StreamConsumer(redis_client, [stream], "other", min_idle_ms=50)
+    mine.ensure_groups()
+    redis_client.xadd(stream, {FIELD: b"held by mine"})
+    assert len(mine.read_new(10, 100)) == 1
+    redis_client.xadd(stream, {FIELD: b"held by a dead launcher"})
+    assert len(other.read_new(10, 100)) == 1
+
+    def idle() -> bool:
+        return all(row["time_since_delivered"] > 60
+                   for row in redis_client.xpending_range(stream, LAUNCH_GROUP, "-", "+", 10))
+
+    wait_for(idle, timeout=10, what="both entries to be idle")
+    claimed = mine.reclaim()
+    assert [e.raw for e in claimed] == [b"held by a dead launcher"] and claimed[0].deliveries == 2
+    counts = {row["consumer"]: row["times_delivered"]
+              for row in redis_client.xpending_range(stream, LAUNCH_GROUP, "-", "+", 10)}
+    assert counts == {b"mine": 2} or sorted(counts.values()) == [1, 2]
+
+
+def test_a_launcher_recreates_its_group_after_redis_lost_its_data(redis_client, keys) -> None:
+    stream = keys.launch("default")
+    consumer = StreamConsumer(redis_client, [stream], "l1", min_idle_ms=1000)
+    consumer.ensure_groups()
+    redis_client.flushdb()
+    redis_client.xadd(stream, {FIELD: b"after the reset"})  # what the executor writes next
+    assert consumer.read_new(10, 100) == []  # NOGROUP: the groups are recreated
+    assert consumer.resets == 1
+    assert [e.raw for e in consumer.read_new(10, 100)] == [b"after the reset"]
+
+
+@pytest.mark.parametrize("policy, warns", [("noeviction", False), ("volatile-lru", True), ("allkeys-lru", True)])
+def test_a_redis_that_may_evict_keys_is_warned_about(redis_client, policy, warns) -> None:
+    old = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_client.config_set("maxmemory-policy", policy)
+    try:
+        warning = eviction_warning(redis_client)
+    finally:
+        redis_client.config_set("maxmemory-policy", old)
+    assert bool(warning) is warns
+    if warns:
+        assert policy in warning and "noeviction" in warning
