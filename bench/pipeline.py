@@ -410,7 +410,7 @@ def completions_phase(rig: Rig, *, tasks: int, launchers: int, concurrency: int,
                 raise TimeoutError(f"only {len(finals)} of {tasks} final states after {timeout:.0f}s "
                                    f"(launch stream length {redis_client.xlen(stream)})")
             c0, g0 = time.thread_time(), gc_clock.total
-            n = ex.sync()
+            n = ex.apply_results()
             buffer = ex.get_event_buffer()
             cpu = time.thread_time() - c0
             sched_cpu += cpu

@@ -90,7 +90,7 @@ class KubeStreamExecutor(BaseExecutor):
         if self.redis is None:
             return
         for _ in range(100):
-            if not self.sync():
+            if not self.apply_results():
                 break
         self.redis.close()
 
@@ -137,7 +137,11 @@ class KubeStreamExecutor(BaseExecutor):
                 self._external_ids[ti_key] = msg.external_executor_id
 
     # -- results --------------------------------------------------------------------------------
-    def sync(self) -> int:
+    def sync(self) -> None:
+        """Airflow's heartbeat hook: apply waiting results without blocking."""
+        self.apply_results()
+
+    def apply_results(self) -> int:
         """Apply up to ``sync_batch`` waiting results without blocking; returns how many."""
         if self.redis is None or self.settings is None:
             return 0
@@ -156,7 +160,7 @@ class KubeStreamExecutor(BaseExecutor):
         entries = [(eid, fields) for _, eid, fields in stream_entries(reply)]
         if not entries and self._cursor == "0":
             self._cursor = ">"  # our pending backlog is applied: read new entries from now on
-            return self.sync()
+            return self.apply_results()
         if not entries:
             return 0
         events, bad = results.decode_entries(entries)

@@ -53,7 +53,7 @@ def test_unreachable_redis_keeps_work_queued_and_sync_returns(settings, monkeypa
     w = workload("offline", "t1")
     Driver(ex).submit([w])
     assert w.ti.key in ex.queued_tasks and not ex.running  # stays queued, retried next heartbeat
-    assert ex.sync() == 0
+    assert ex.apply_results() == 0
 
 
 def test_invalid_executor_config_fails_the_task_before_dispatch(make_executor, redis_client, keys) -> None:

@@ -35,7 +35,7 @@ def test_executor_recreates_its_result_group_after_redis_lost_its_data(make_exec
                                                                         settings) -> None:
     ex = make_executor()
     redis_client.flushdb()  # a restart without persistence
-    assert ex.sync() == 0
+    assert ex.apply_results() == 0
     assert RESULTS_GROUP in _groups(redis_client, ex.results_stream)
     # and results flow again: a task dispatched after the reset reports
     w = workload("reset", "after")

@@ -9,12 +9,11 @@ import sys
 import msgpack
 import pytest
 
+from devkit.workloads import jwt_with
 from kubestream.keys import Keys
-from kubestream.messages import (DecodeError, LaunchTask, RevokeTask, TaskState, TaskStateChanged, decode,
-                                 encode)
+from kubestream.messages import DecodeError, LaunchTask, RevokeTask, TaskState, TaskStateChanged, decode, encode
 from kubestream.settings import Settings, SettingsError, markdown_table
 from kubestream.taskkey import TaskKey
-from tests.helpers import jwt_with
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -53,7 +52,7 @@ def test_keys_share_one_hash_slot_and_reject_bad_prefixes() -> None:
 
 def test_messages_round_trip() -> None:
     key = TaskKey("d", "t", "r", 2, 5)
-    for msg in (LaunchTask(key, "q", "s", '{"a":1}', "ext", {"metadata": {}}, None, 1.5),
+    for msg in (LaunchTask(key, "q", "s", '{"a":1}', "ext", {"metadata": {}}, None),
                 RevokeTask(key, "q", "why"), TaskStateChanged(key, TaskState.FAILED, "boom", "p", "ns", 3.0)):
         assert decode(encode(msg)) == msg
 
@@ -139,10 +138,10 @@ def test_launcher_and_watcher_do_not_import_each_other() -> None:
 
 
 @pytest.mark.parametrize("workload_json, expected", [
-    ('{"token": "%s"}' % jwt_with({"exp": 1700000000, "sub": "ti"}), 1700000000.0),
-    ('{"token": "%s"}' % jwt_with({"exp": 1700000000.5}), 1700000000.5),
-    ('{"token": "%s"}' % jwt_with({"sub": "no exp"}), None),
-    ('{"token": "%s"}' % jwt_with({"exp": True}), None),
+    (f'{{"token": "{jwt_with({"exp": 1700000000, "sub": "ti"})}"}}', 1700000000.0),
+    (f'{{"token": "{jwt_with({"exp": 1700000000.5})}"}}', 1700000000.5),
+    (f'{{"token": "{jwt_with({"sub": "no exp"})}"}}', None),
+    (f'{{"token": "{jwt_with({"exp": True})}"}}', None),
     ('{"token": "not-a-real-jwt"}', None),
     ('{"token": "a.!!!.c"}', None),
     ('{"no": "token"}', None),
