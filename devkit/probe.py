@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode
 from kubestream.settings import Settings
+from kubestream.text import StreamFields, as_text, decode_hash
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,6 @@ class DeadLetter:
     stream: str
     entry: str
     m: bytes | None  # None: the entry has no such field
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode(errors="replace") if value is not None else ""
 
 
 class Streams:
@@ -58,13 +55,17 @@ class Streams:
         return list(self.redis.xpending_range(self.keys.launch(queue), LAUNCH_GROUP, min="-", max="+", count=count))
 
     # -- result streams -------------------------------------------------------------------------
+    def _entries(self, stream: str) -> list[StreamFields]:
+        """Every entry's fields, oldest first (XRANGE)."""
+        return [fields for _, fields in cast(list[tuple[bytes, StreamFields]], self.redis.xrange(stream))]
+
     def _results_key(self, scheduler_id: str | None) -> str:
         return self.keys.results(scheduler_id or self.settings.scheduler_id)
 
     def results(self, scheduler_id: str | None = None) -> list[TaskStateChanged]:
         """Every event on a scheduler's result stream (default: ``settings.scheduler_id``), oldest first."""
         events = []
-        for _, fields in self.redis.xrange(self._results_key(scheduler_id)):
+        for fields in self._entries(self._results_key(scheduler_id)):
             event = decode(fields[FIELD])
             assert isinstance(event, TaskStateChanged), event
             events.append(event)
@@ -87,10 +88,10 @@ class Streams:
     # -- dead letters ---------------------------------------------------------------------------
     def dead_letters(self) -> list[DeadLetter]:
         out = []
-        for _, fields in self.redis.xrange(self.keys.dead):
-            f = {k.decode(): v for k, v in fields.items()}
-            out.append(DeadLetter(reason=_text(f.get("reason")), task=_text(f.get("task")),
-                                  stream=_text(f.get("stream")), entry=_text(f.get("entry")), m=f.get("m")))
+        for fields in self._entries(self.keys.dead):
+            f = {as_text(k): v for k, v in fields.items()}
+            out.append(DeadLetter(reason=as_text(f.get("reason")), task=as_text(f.get("task")),
+                                  stream=as_text(f.get("stream")), entry=as_text(f.get("entry")), m=f.get("m")))
         return out
 
     def dead_count(self) -> int:
@@ -99,15 +100,15 @@ class Streams:
     # -- task records, watcher, launchers -------------------------------------------------------
     def task(self, pod_name: str) -> dict[str, str]:
         """The task record of a pod name (empty if there is none)."""
-        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.task(pod_name)).items()}
+        return decode_hash(self.redis.hgetall(self.keys.task(pod_name)))
 
     def live(self) -> int:
         """Tasks last published pending or running."""
         return int(self.redis.scard(self.keys.live))
 
     def lease_holder(self) -> str | None:
-        holder = self.redis.get(self.keys.watcher_lease)
-        return holder.decode() if holder is not None else None
+        holder = cast(bytes | None, self.redis.get(self.keys.watcher_lease))
+        return as_text(holder) if holder is not None else None
 
     def watching(self, namespace: str | None = None) -> bool:
         """The watcher has checkpointed a resourceVersion for the namespace: it lists and watches."""
