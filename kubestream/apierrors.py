@@ -10,7 +10,10 @@ Rules follow Airflow's KubernetesExecutor (``_handle_pod_publish_error``) and
   than AlreadyExists (conflict, "the object has been modified"), 403 "exceeded
   quota", 410, 429, 5xx. ``retry_after`` comes from ``Retry-After`` (delta
   seconds only) on 429 and 5xx (the apiserver sends it on 503 when shutting down).
-- permanent (fail the task): every other status, e.g. 400, 403 forbidden, 404, 422,
+- denied: 403 Forbidden (not quota). Retried within the retry budget (right after
+  a restart the apiserver denies until its RBAC cache is warm); the task fails
+  only when the denial persists past the budget.
+- permanent (fail the task): every other status, e.g. 400, 404, 422,
   and client-side validation errors (ValueError, TypeError).
 - Any other exception is transient: not known to be permanent, it is retried and
   bounded by ``max_deliveries`` (then dead-lettered with a failed result).
@@ -27,7 +30,9 @@ from typing import Any, Literal
 
 MAX_MESSAGE = 1000
 
-Kind = Literal["created", "exists", "transient", "permanent"]
+# "denied": 403 Forbidden. Retried like a transient error within the retry budget (an apiserver that just
+# restarted denies until its RBAC cache is warm), and fails the task only when it persists past the budget.
+Kind = Literal["created", "exists", "transient", "denied", "permanent"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def classify_create_error(
             return Outcome("exists", text)
         return Outcome("transient", text)
     if status == 403:
-        return Outcome("transient" if "exceeded quota" in message else "permanent", text)
+        return Outcome("transient" if "exceeded quota" in message else "denied", text)
     if status == 410:
         return Outcome("transient", text)
     if status == 429 or 500 <= status < 600:

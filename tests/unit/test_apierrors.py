@@ -35,7 +35,7 @@ INVALID = 'Pod "x" is invalid: spec.containers[0].image: Required value'
                                       "cpu=1, used: cpu=4, limited: cpu=4"), None, "transient", None,
                      id="403-exceeded-quota"),
         pytest.param(403, status_body(403, "Forbidden", 'pods is forbidden: User "u" cannot create resource'),
-                     None, "permanent", None, id="403-forbidden"),
+                     None, "denied", None, id="403-forbidden"),
         pytest.param(410, status_body(410, "Expired", "too old resource version"), None, "transient", None,
                      id="410"),
         pytest.param(429, status_body(429, "TooManyRequests", "Too many requests"), {"Retry-After": "3"},
