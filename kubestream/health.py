@@ -2,8 +2,10 @@
 
 - ``Metrics``: thread-safe counters and gauges rendered as Prometheus text.
 - ``Heartbeat``: writes ``{prefix}:health:<component>:<member>`` (a hash with a
-  TTL) every third of the TTL; ``kubestream <component> --check`` turns it into
-  an exit code (a ready-made liveness probe) and ``kubestream status`` lists it.
+  TTL) every third of the TTL, but only while the component's main loop reports
+  progress (``progress()``): a loop stuck on an error leaves the key to expire,
+  so ``kubestream <component> --check`` (a ready-made liveness probe) and
+  ``/healthz`` turn red. ``kubestream status`` lists the keys.
 - ``serve_http``: ``/healthz`` (200 while the heartbeat is fresh) and ``/metrics``.
 """
 
@@ -57,10 +59,19 @@ class Heartbeat:
                  extra: Callable[[], dict[str, str]] | None = None) -> None:
         self.client, self.key, self.ttl, self.metrics, self.extra = client, key, ttl, metrics, extra
         self.last_ok = 0.0
+        self.last_progress = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
+    def progress(self) -> None:
+        """Called by the main loop each time round: it is alive and not stuck."""
+        self.last_progress = time.monotonic()
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self.last_progress > self.ttl
+
     def start(self) -> Heartbeat:
+        self.progress()
         self.beat()
         self._thread.start()
         return self
@@ -76,7 +87,7 @@ class Heartbeat:
         self.last_ok = time.monotonic()
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.last_ok < self.ttl
+        return time.monotonic() - self.last_ok < self.ttl and not self.stalled()
 
     def stop(self) -> None:
         self._stop.set()
@@ -89,6 +100,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            if self.stalled():
+                log.warning("main loop made no progress for %.0fs: health key left to expire",
+                            time.monotonic() - self.last_progress, extra={"health_key": self.key})
+                continue
             try:
                 self.beat()
             except redis.RedisError as exc:

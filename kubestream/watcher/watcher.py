@@ -94,6 +94,7 @@ class Watcher:
     def _try_lead(self) -> bool:
         try:
             self.leading = self.lease.acquire_or_renew()
+            self.heartbeat.progress()  # health follows this loop, not the heartbeat thread
         except redis.RedisError as exc:
             log.warning("lease check failed: %s", exc)
             self.leading = False

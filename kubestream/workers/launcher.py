@@ -116,6 +116,8 @@ class Launcher:
                     if until_idle and not got and self._idle():
                         break
                     outage = 0
+                    self.heartbeat.progress()  # health follows this loop, not the heartbeat thread
+                    self.metrics.set("redis_resets_total", self.consumer.resets)
                 except redis.RedisError as exc:  # ride out a Redis outage; nothing is lost meanwhile
                     delay = backoff_delay(outage, base=0.5, cap=10.0)
                     outage += 1
@@ -357,12 +359,15 @@ class Launcher:
                 outcome = classify_exception(exc)
                 if not isinstance(exc, ApiError) and outcome.kind == "permanent":
                     log.error("unexpected error from the API client", exc_info=True, extra=ctx)
-            if outcome.kind != "transient":
+            if outcome.kind not in ("transient", "denied"):
                 return outcome
             self.metrics.inc("transient_errors_total")
             backoff = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
             delay = max(outcome.retry_after or 0.0, backoff)
             attempt += 1
+            if outcome.kind == "denied" and not self.stopping.is_set() and time.monotonic() + delay > deadline:
+                return Outcome("permanent", f"{outcome.message} (still denied after "
+                                            f"{self.settings.retry_budget_seconds:g}s of retries)")
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)
                 return None

@@ -141,17 +141,29 @@ def test_a_422_fails_the_task_with_the_apis_message(launcher, pods, redis_client
     assert redis_client.xlen(keys.dead) == 0  # a refused pod is not a poison message
 
 
-def test_a_forbidden_403_fails_the_task_but_a_quota_403_is_retried(launcher, pods, redis_client, settings,
-                                                                   keys) -> None:
-    other = TaskKey("dag", "other", "run-1", 1)
+FORBIDDEN = 'pods is forbidden: User "kubestream-launcher" cannot create resource "pods"'
+
+
+def test_a_403_forbidden_from_a_restarting_apiserver_is_retried_and_the_pod_created(launcher, pods, redis_client,
+                                                                                    settings, keys) -> None:
+    # right after a restart the apiserver denies until its RBAC cache is warm (this failed tasks before)
     pods.fail_next("create", api_error(403, 'pods "x" is forbidden: exceeded quota: pods, requested: pods=1'),
-                   api_error(403, 'pods is forbidden: User "kubestream-launcher" cannot create resource "pods"'))
-    dispatch(redis_client, settings)  # meets the quota 403, retried, then the second error: forbidden
-    dispatch(redis_client, settings, key=other)  # created
+                   api_error(403, FORBIDDEN), api_error(403, FORBIDDEN))
+    dispatch(redis_client, settings)
+    handle_all(launcher)
+    assert pods.names(NS) == {POD} and len(pods.calls_of("create")) == 4
+    assert results(redis_client, keys) == [] and pending(redis_client, keys) == 0
+
+
+def test_a_403_forbidden_that_persists_past_the_retry_budget_fails_the_task(launcher, pods, redis_client, settings,
+                                                                           keys) -> None:
+    pods.fail_next("create", *[api_error(403, FORBIDDEN) for _ in range(10_000)])
+    dispatch(redis_client, settings)
     handle_all(launcher)
     (event,) = results(redis_client, keys)
-    assert event.key == KEY and event.state is TaskState.FAILED and event.reason.startswith("403 Forbidden: pods is")
-    assert pods.names(NS) == {other.pod_name()}
+    assert event.key == KEY and event.state is TaskState.FAILED
+    assert event.reason.startswith("403 Forbidden: pods is forbidden") and "still denied after 2s" in event.reason
+    assert pods.names(NS) == set() and len(pods.calls_of("create")) > 2
     assert pending(redis_client, keys) == 0
 
 
