@@ -72,6 +72,10 @@ class Keys:
         """Token bucket shared by all launchers (hash: tokens, ts)."""
         return f"{self.base}:ratelimit:create"
 
+    def scheduler(self, scheduler_id: str) -> str:
+        """Liveness of one scheduler (string with TTL: a per-process token, refreshed by its sync())."""
+        return f"{self.base}:scheduler:{scheduler_id}"
+
     def health(self, component: str, member: str) -> str:
         """Health record of one process (hash with TTL)."""
         return f"{self.base}:health:{component}:{member}"

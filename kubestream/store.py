@@ -86,12 +86,20 @@ class TaskStore:
         if own:
             pipe.execute()
 
-    def missing_records(self, pod_names: Sequence[str]) -> list[str]:
-        """The pods among ``pod_names`` whose task record does not exist (one round trip)."""
+    def unreported(self, pod_names: Sequence[str], *, settled_before: float) -> tuple[list[str], list[str]]:
+        """Of ``pod_names`` (tasks the executor holds as running): those whose record is gone, and those whose
+        record reached a final state before ``settled_before`` (epoch seconds) yet was never applied (its
+        result entry was lost). One round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for pod in pod_names:
-            pipe.exists(self.keys.task(pod))
-        return [pod for pod, found in zip(pod_names, pipe.execute(), strict=True) if not found]
+            pipe.hmget(self.keys.task(pod), "owner", "state", "updated")
+        missing, final = [], []
+        for pod, (owner, state, updated) in zip(pod_names, pipe.execute(), strict=True):
+            if owner is None:
+                missing.append(pod)
+            elif as_text(state) in ("succeeded", "failed") and float(as_text(updated) or 0) < settled_before:
+                final.append(pod)
+        return missing, final
 
     # -- launcher / watcher side -------------------------------------------------------
     def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +22,20 @@ from kubestream.executor import results
 from kubestream.executor.config import settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
-from kubestream.messages import FIELD, RevokeTask, encode
+from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode
 from kubestream.redisconn import connect, eviction_warning
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
-from kubestream.text import StreamFields, stream_entries
+from kubestream.text import StreamFields, as_text, stream_entries
 
 if TYPE_CHECKING:
     from airflow.models.taskinstance import TaskInstance
 
+
+
+class SchedulerIdInUse(RuntimeError):
+    """Another live scheduler runs with this scheduler_id."""
 
 class KubeStreamExecutor(BaseExecutor):
     """Runs each task as a Kubernetes pod through Redis Streams (see the kubestream README)."""
@@ -51,6 +56,8 @@ class KubeStreamExecutor(BaseExecutor):
         self._external_ids: dict[Any, str] = {}
         self._adopt_later: list[TaskInstance] = []  # adoptions a Redis outage interrupted
         self._next_reconcile = 0.0
+        self._token = uuid.uuid4().hex  # this process's claim on its scheduler_id
+        self._next_alive = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
@@ -64,12 +71,56 @@ class KubeStreamExecutor(BaseExecutor):
             f"job-{self.job_id}" if getattr(self, "job_id", None) else socket.gethostname())
         self.redis = connect(self.settings, role="executor")
         self.store = TaskStore(self.redis, self.keys, self.settings)
+        self._claim_scheduler_id()
         self._ensure_group()
         warning = eviction_warning(self.redis)
         if warning:
             self.log.warning("%s", warning)
         self._next_reconcile = time.monotonic() + self.settings.reconcile_seconds
         self.log.info("kubestream executor started: scheduler_id=%s results=%s", self.scheduler_id, self.results_stream)
+
+    def _claim_scheduler_id(self) -> None:
+        """Refuse to run beside a live scheduler with the same ``scheduler_id`` (both would read one result
+        stream and each apply only part of it). A crashed predecessor's claim is waited out (one TTL)."""
+        assert self.redis is not None and self.keys is not None and self.settings is not None
+        key, ttl = self.keys.scheduler(self.scheduler_id), self.settings.health_ttl_seconds
+        deadline = time.monotonic() + ttl + 1
+        while not self.redis.set(key, self._token, nx=True, px=int(ttl * 1000)):
+            if time.monotonic() > deadline:
+                raise SchedulerIdInUse(
+                    f"scheduler_id {self.scheduler_id!r} is in use by another live scheduler (its key {key} keeps "
+                    f"being refreshed): give each scheduler its own [kubestream] scheduler_id, or leave it empty")
+            self.log.warning("scheduler_id %s is claimed by another process; waiting for its claim to lapse",
+                             self.scheduler_id)
+            time.sleep(min(1.0, ttl / 3))
+        self._next_alive = time.monotonic() + ttl / 3
+
+    def _stay_alive(self) -> None:
+        """Refresh this scheduler's claim (the janitor deletes result streams of schedulers that are gone)."""
+        assert self.redis is not None and self.keys is not None and self.settings is not None
+        if time.monotonic() < self._next_alive:
+            return
+        ttl = self.settings.health_ttl_seconds
+        key = self.keys.scheduler(self.scheduler_id)
+        holder = self.redis.get(key)
+        if holder is None:
+            self.redis.set(key, self._token, nx=True, px=int(ttl * 1000))
+        elif as_text(holder) == self._token:
+            self.redis.pexpire(key, int(ttl * 1000))
+        else:
+            self.log.error("another process claimed scheduler_id %s: two schedulers share one result stream",
+                           self.scheduler_id)
+        self._next_alive = time.monotonic() + ttl / 3
+
+    def _release_scheduler_id(self) -> None:
+        if self.redis is None or self.keys is None:
+            return
+        try:
+            key = self.keys.scheduler(self.scheduler_id)
+            if as_text(self.redis.get(key)) == self._token:
+                self.redis.delete(key)
+        except redis.RedisError:
+            pass  # the claim lapses by itself
 
     def _ensure_group(self) -> None:
         """Create this scheduler's result stream and group (again, after Redis lost its data)."""
@@ -92,10 +143,12 @@ class KubeStreamExecutor(BaseExecutor):
         for _ in range(100):
             if not self.apply_results():
                 break
+        self._release_scheduler_id()
         self.redis.close()
 
     def terminate(self) -> None:
         if self.redis is not None:
+            self._release_scheduler_id()
             self.redis.close()
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -179,6 +232,7 @@ class KubeStreamExecutor(BaseExecutor):
         against the task records every ``reconcile_seconds``."""
         assert self.settings is not None
         try:
+            self._stay_alive()
             if self._adopt_later:
                 tis, self._adopt_later = self._adopt_later, []
                 self._adopt(tis)
@@ -201,24 +255,39 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("could not recover from the Redis reset yet: %s", exc)
 
     def reconcile(self) -> int:
-        """Report tasks in ``running`` whose Redis record vanished (Redis lost its data) with the state their
-        try wrote to the Airflow DB, so none is held forever; returns how many records were missing.
+        """Settle tasks in ``running`` that no result will ever settle; returns how many were found.
 
-        A task whose DB state is not final yet stays: its pod reports to the DB when it ends (or Airflow's
-        heartbeat check fails it), and Airflow requeues a task still queued after ``task_queued_timeout``.
+        - Its Redis record vanished (Redis lost its data): it is reported with the state its try wrote to the
+          Airflow DB when that state is final; otherwise it stays until it is (its pod reports to the DB when it
+          ends, Airflow's task heartbeat check fails it if the pod is gone, and a task still queued is requeued
+          by Airflow's ``task_queued_timeout``).
+        - Its record reached a final state more than ``reconcile_seconds`` ago but the result never arrived
+          (the entry was lost: a trimmed or deleted result stream, a failover): the record's state is applied.
         """
-        assert self.store is not None
+        assert self.store is not None and self.settings is not None
         by_pod = {task_key(k).pod_name(): k for k in list(self.running)}
-        missing = self.store.missing_records(list(by_pod)) if by_pod else []
-        if not missing:
+        if not by_pod:
             return 0
-        keys = [task_key(by_pod[pod]) for pod in missing]
-        states = self.task_states_from_db(keys)
-        final = [k for k in keys if states.get(k) in results.FINAL_DB_STATES]
-        self.log.error("%d running tasks lost their Redis record (Redis lost its data); %d have a final state "
-                       "in the Airflow DB and are reported, the rest wait for theirs", len(keys), len(final))
-        results.report_db_states(self, final)
-        return len(keys)
+        missing, final = self.store.unreported(list(by_pod),
+                                               settled_before=time.time() - self.settings.reconcile_seconds)
+        if missing:
+            keys = [task_key(by_pod[pod]) for pod in missing]
+            states = self.task_states_from_db(keys)
+            done = [k for k in keys if states.get(k) in results.FINAL_DB_STATES]
+            self.log.error("%d running tasks lost their Redis record (Redis lost its data); %d have a final state "
+                           "in the Airflow DB and are reported, the rest wait for theirs", len(keys), len(done))
+            results.report_db_states(self, done)
+        if final:
+            events = []
+            for pod in final:
+                record = self.store.record(pod)
+                if record.get("state") in ("succeeded", "failed"):
+                    events.append(TaskStateChanged(key=task_key(by_pod[pod]), state=TaskState(record["state"]),
+                                                   reason=record.get("reason", ""), pod_name=pod))
+            self.log.error("%d tasks finished without their result reaching this scheduler (a lost result "
+                           "entry); applying the final state of their records", len(events))
+            results.apply(self, events)
+        return len(missing) + len(final)
 
     def _dead_letter(self, eid: str, reason: str, fields: StreamFields | None) -> None:
         assert self.redis is not None and self.keys is not None

@@ -164,3 +164,45 @@ def test_a_redis_that_may_evict_keys_is_warned_about(redis_client, policy, warns
     assert bool(warning) is warns
     if warns:
         assert policy in warning and "noeviction" in warning
+
+
+def test_two_live_schedulers_with_one_scheduler_id_are_refused(make_executor) -> None:
+    import threading
+
+    from kubestream.executor.executor import SchedulerIdInUse
+
+    first = make_executor(health_ttl_seconds="2")
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # the first scheduler's loop keeps running
+        while not stop.wait(0.2):
+            first.sync()
+
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SchedulerIdInUse, match="sched-a"):
+            make_executor(health_ttl_seconds="2")
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_crashed_schedulers_claim_is_waited_out_by_its_successor(make_executor, redis_client, keys) -> None:
+    make_executor(health_ttl_seconds="1")  # never refreshed again, never released: it crashed
+    assert redis_client.exists(keys.scheduler("sched-a"))
+    successor = make_executor(health_ttl_seconds="1")
+    assert redis_client.get(keys.scheduler("sched-a")).decode() == successor._token
+
+
+def test_a_final_state_whose_result_entry_was_lost_is_applied_from_the_record(make_executor, redis_client, keys,
+                                                                                settings) -> None:
+    ex = make_executor(reconcile_seconds="1")
+    w = workload("trimmed", "t1")
+    driver = Driver(ex)
+    driver.submit([w])
+    key = TaskKey("trimmed", "t1", "run-1", 1)
+    assert TaskStore(redis_client, keys, settings).publish(TaskStateChanged(key, TaskState.FAILED, "OOMKilled")).published
+    redis_client.xtrim(ex.results_stream, maxlen=0)  # the entry is gone (trimmed, lost in a failover)
+    wait_for(lambda: driver.step() or w.ti.key in driver.finals(), timeout=60, what="the lost result to be applied")
+    assert driver.finals()[w.ti.key] == "failed" and driver.failures(w.ti.key) == ["OOMKilled"]
