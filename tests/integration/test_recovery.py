@@ -202,7 +202,8 @@ def test_a_final_state_whose_result_entry_was_lost_is_applied_from_the_record(ma
     driver = Driver(ex)
     driver.submit([w])
     key = TaskKey("trimmed", "t1", "run-1", 1)
-    assert TaskStore(redis_client, keys, settings).publish(TaskStateChanged(key, TaskState.FAILED, "OOMKilled")).published
+    store = TaskStore(redis_client, keys, settings)
+    assert store.publish(TaskStateChanged(key, TaskState.FAILED, "OOMKilled")).published
     redis_client.xtrim(ex.results_stream, maxlen=0)  # the entry is gone (trimmed, lost in a failover)
     wait_for(lambda: driver.step() or w.ti.key in driver.finals(), timeout=60, what="the lost result to be applied")
     assert driver.finals()[w.ti.key] == "failed" and driver.failures(w.ti.key) == ["OOMKilled"]
