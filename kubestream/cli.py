@@ -1,4 +1,4 @@
-"""`kubestream` command line: launcher, watcher, status, settings.
+"""`kubestream` command line: launcher, watcher, status, janitor, settings.
 
 The same verbs are reachable as ``airflow kubestream ...`` through the
 executor's ``get_cli_commands()``.
@@ -95,6 +95,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_janitor(args: argparse.Namespace) -> int:
+    from kubestream import logs
+    from kubestream.janitor import Janitor
+    from kubestream.redisconn import connect
+
+    settings = _settings()
+    logs.configure(args.log_level)
+    janitor = Janitor(settings, connect(settings))
+    _on_signals(janitor.stop)
+    swept = janitor.run(once=args.once)
+    if args.once:
+        print(json.dumps({"result_streams": swept.result_streams, "consumers": swept.consumers}, indent=2))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from kubestream.settings import markdown_table
 
@@ -120,6 +135,10 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="streams, lag, pending, dead letters, watcher lease")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("janitor", help="keep Redis bounded: delete gone schedulers' result streams, stale consumers")
+    p.add_argument("--once", action="store_true", help="one sweep, print what it removed, exit")
+    p.add_argument("--log-level", default=os.environ.get("KUBESTREAM_LOG_LEVEL", "INFO"))
+    p.set_defaults(func=cmd_janitor)
     p = sub.add_parser("settings", help="print the effective settings, or the README table")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_settings)

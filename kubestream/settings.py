@@ -201,6 +201,11 @@ class Settings:
     reconcile_seconds: float = field(default=60.0, metadata=_doc(
         "Executor: how often `running` is checked against the task records in Redis; a task whose record "
         "vanished (Redis lost its data) is reported with the state it wrote to the Airflow DB.", _float(1)))
+    janitor_interval_seconds: float = field(default=300.0, metadata=_doc(
+        "Janitor: seconds between maintenance sweeps.", _float(1)))
+    stale_after_seconds: float = field(default=3600.0, metadata=_doc(
+        "Janitor: a result stream of a scheduler gone this long, or a consumer idle this long with nothing "
+        "pending, is deleted.", _float(60)))
     metrics_port: int = field(default=0, metadata=_doc(
         "Launcher/watcher: HTTP port for /healthz and /metrics (Prometheus text). 0: disabled.", _int(0)))
     consumer_name: str = field(default="", metadata=_doc(
