@@ -15,7 +15,7 @@ and counts a reset in ``resets``; the launcher's health says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +76,12 @@ class StreamConsumer:
             return []
         return self._with_counts(stream_entries(reply))
 
-    def reclaim(self) -> list[Entry]:
-        """Claim entries idle longer than ``min_idle`` on *other* consumers (dead launchers).
+    def reclaim(self, held: Collection[str] = ()) -> list[Entry]:
+        """Claim entries idle longer than ``min_idle``: those of dead launchers, and this consumer's own that it
+        left for redelivery (a transient error outlasted the retry budget).
 
-        Entries this consumer holds are never claimed back (they may be waiting in this process for the
-        rate limiter or a create thread: claiming them would only raise their delivery count).
+        Entries in ``held`` (``"<stream>/<entry id>"`` this process still has in hand: queued for or in a
+        create thread) are never claimed back: that would only raise their delivery count.
         """
         claimed: list[Entry] = []
         for stream in self.streams:
@@ -88,7 +89,7 @@ class StreamConsumer:
                 idle = self.redis.xpending_range(stream, LAUNCH_GROUP, min="-", max="+", count=1000,
                                                  idle=self.min_idle_ms)
                 theirs = {as_text(row["message_id"]): int(row["times_delivered"]) for row in idle
-                          if as_text(row["consumer"]) != self.name}
+                          if f"{stream}/{as_text(row['message_id'])}" not in held}
                 if not theirs:
                     continue
                 got = self.redis.xclaim(stream, LAUNCH_GROUP, self.name, self.min_idle_ms, list(theirs))

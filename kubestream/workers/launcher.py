@@ -88,7 +88,7 @@ class Launcher:
                          if settings.pod_template_file else None)
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
-        self._inflight: set[Future[None]] = set()
+        self._inflight: dict[Future[None], str] = {}  # each create thread's work -> its entry id
         self._settled: list[Entry] = []
         self._acker_stop = False
         self._acker = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
@@ -196,7 +196,9 @@ class Launcher:
         return self.consumer.read_new(free, self.settings.block_ms)
 
     def _reclaim(self) -> list[Entry]:
-        claimed = self.consumer.reclaim()
+        with self._lock:
+            held = set(self._inflight.values())  # "<stream>/<entry id>"
+        claimed = self.consumer.reclaim(held)
         self.metrics.inc("reclaimed_total", len(claimed))
         return claimed
 
@@ -204,14 +206,14 @@ class Launcher:
         for work in self.prepare(entries):
             fut = self._pool.submit(self._handle_safely, work)
             with self._lock:
-                self._inflight.add(fut)
+                self._inflight[fut] = f"{work.entry.stream}/{work.entry.entry_id}"
             fut.add_done_callback(self._done)
         self.metrics.set("in_flight", len(self._inflight))
         return len(entries)
 
     def _done(self, fut: Future[None]) -> None:
         with self._lock:
-            self._inflight.discard(fut)
+            self._inflight.pop(fut, None)
             self._lock.notify_all()
 
     def prepare(self, entries: list[Entry]) -> list[Work]:
