@@ -74,14 +74,18 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     from kubestream.health import serve_http
     from kubestream.kubeapi import api_client
     from kubestream.redisconn import connect
-    from kubestream.watcher.watcher import Watcher
+    from kubestream.watcher.watcher import Watcher, WatcherFailed
 
     logs.configure(args.log_level)
     watcher = Watcher(settings, connect(settings), api_client(settings.kube_config, settings.kube_context))
     _on_signals(watcher.stop)
     if settings.metrics_port:
         serve_http(settings.metrics_port, watcher.metrics, watcher.heartbeat.healthy)
-    watcher.run()
+    try:
+        watcher.run()
+    except WatcherFailed as exc:  # the lease is given up: a standby (or this one, restarted) takes over
+        print(f"kubestream: watcher stopped: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -111,12 +115,15 @@ def cmd_janitor(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
+    from kubestream.redisconn import redacted_url
     from kubestream.settings import markdown_table
 
     if args.markdown:
         print(markdown_table())
     else:
-        print(json.dumps({k: v for k, v in vars(_settings()).items()}, indent=2, default=list))
+        shown = dict(vars(_settings()))
+        shown["redis_url"] = redacted_url(shown["redis_url"])
+        print(json.dumps(shown, indent=2, default=list))
     return 0
 
 
@@ -148,12 +155,14 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
+    from kubestream.redisconn import redacted_url
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except redis.ConnectionError as exc:
-        print(f"kubestream: cannot reach Redis ({os.environ.get('KUBESTREAM_REDIS_URL', 'default URL')}): {exc}",
-              file=sys.stderr)
+        url = redacted_url(os.environ.get("KUBESTREAM_REDIS_URL", "the default URL"))
+        print(f"kubestream: cannot reach Redis ({url}): {exc}", file=sys.stderr)
         return 3
 
 

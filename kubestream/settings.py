@@ -138,6 +138,12 @@ class Settings:
 
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc(
         "Redis server for every stream and key (redis://, rediss:// or unix://).", _redis_url))
+    redis_tls_ca_file: str = field(default="", metadata=_doc(
+        "CA bundle that signs the Redis server's certificate (rediss:// URLs). Empty: the system's CAs.", _str))
+    redis_tls_cert_file: str = field(default="", metadata=_doc(
+        "Client certificate for Redis servers that require one (rediss://).", _str))
+    redis_tls_key_file: str = field(default="", metadata=_doc(
+        "Private key of `redis_tls_cert_file`.", _str))
     key_prefix: str = field(default="kubestream", metadata=_doc(
         "Prefix of every Redis key; wrapped in braces so all keys share one Redis Cluster slot.", _prefix))
     scheduler_id: str = field(default="", metadata=_doc(
@@ -197,7 +203,14 @@ class Settings:
     results_maxlen: int = field(default=100000, metadata=_doc(
         "Approximate MAXLEN of each result stream (acknowledged entries are trimmed).", _int(100)))
     task_ttl_seconds: int = field(default=7 * 24 * 3600, metadata=_doc(
-        "Lifetime of a task's Redis record after its final state.", _int(60)))
+        "Lifetime of a task's Redis record after its dispatch or revoke (while it has no final state).",
+        _int(60)))
+    final_record_ttl_seconds: int = field(default=3600, metadata=_doc(
+        "Lifetime of a task's Redis record once its final state is published (at most `task_ttl_seconds`): "
+        "`get_task_log` and adoption know the task that long after it ended.", _int(60)))
+    dead_letters_maxlen: int = field(default=10000, metadata=_doc(
+        "Approximate MAXLEN of the dead-letter stream (the oldest dead letters are trimmed).",
+        _int(100)))
     reconcile_seconds: float = field(default=60.0, metadata=_doc(
         "Executor: how often `running` is checked against the task records in Redis; a task whose record "
         "vanished (Redis lost its data) is reported with the state it wrote to the Airflow DB.", _float(1)))
@@ -241,6 +254,11 @@ class Settings:
                 f"{_var(source, 'reclaim_idle_seconds')}={self.reclaim_idle_seconds} must exceed "
                 f"{_var(source, 'retry_budget_seconds')}={self.retry_budget_seconds}, or a launch still "
                 "being retried would be reclaimed by another launcher"
+            )
+        if self.final_record_ttl_seconds > self.task_ttl_seconds:
+            raise SettingsError(
+                f"{_var(source, 'final_record_ttl_seconds')}={self.final_record_ttl_seconds} must not exceed "
+                f"{_var(source, 'task_ttl_seconds')}={self.task_ttl_seconds}"
             )
         try:
             self.queue_namespace_map()
