@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -153,11 +154,12 @@ class LocalCluster:
             shutil.rmtree(state.etcd_data, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def restart_apiserver(self) -> ClusterState:
+    def restart_apiserver(self, *, sig: int = signal.SIGTERM) -> ClusterState:
+        """Stop the API server with ``sig`` (SIGKILL after 3 s) and start it again on the same port."""
         state = self.running()
         if not state:
             raise ClusterError("the local cluster is not running")
-        stop_pid(state.apiserver_pid, timeout=3)  # open watches hold a graceful stop for ~10 s
+        stop_pid(state.apiserver_pid, timeout=3, sig=sig)  # open watches hold a graceful stop for ~10 s
         self._start_apiserver(state)
         return state
 

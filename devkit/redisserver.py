@@ -1,8 +1,14 @@
-"""A throwaway redis-server on a free loopback port (tests and the local demo)."""
+"""A throwaway redis-server on a free loopback port (tests, the local demo, bench.chaos).
+
+No persistence by default (a restart starts empty); ``appendonly=True`` (or ``set_appendonly(True)`` on a
+running server) keeps an AOF fsynced every second, so that ``restart()`` reloads what was written up to
+about a second before the stop.
+"""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -12,8 +18,9 @@ from devkit.procs import free_port, spawn, stop_pid, wait_for
 
 
 class RedisServer:
-    def __init__(self, port: int = 0, data_dir: Path | str | None = None) -> None:
+    def __init__(self, port: int = 0, data_dir: Path | str | None = None, *, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self._own_dir = data_dir is None
         self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="kubestream-redis-"))
         self.pid = 0
@@ -29,7 +36,8 @@ class RedisServer:
                                "(installs it with apt)")
         self.dir.mkdir(parents=True, exist_ok=True)
         proc = spawn([
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--dir", str(self.dir), "--protected-mode", "yes", "--daemonize", "no",
         ], self.dir / "redis.log")
         self.pid = proc.pid
@@ -42,6 +50,28 @@ class RedisServer:
 
         wait_for(ping, timeout=20, what=f"redis-server on port {self.port}")
         return self
+
+    def restart(self, *, sig: int = signal.SIGKILL) -> RedisServer:
+        """Stop the server with ``sig`` (SIGKILL: a crash; SIGTERM: a clean shutdown) and start it again on
+        the same port and directory: it reloads its AOF with ``appendonly``, else it starts empty."""
+        if self.pid:
+            stop_pid(self.pid, sig=sig)
+            self.pid = 0
+        return self.start()
+
+    def set_appendonly(self, on: bool) -> None:
+        """Turn the AOF on or off on the running server (and for later restarts); returns once the AOF
+        holds the whole dataset."""
+        self.appendonly = on
+        with redis.Redis(port=self.port, socket_timeout=5) as client:
+            client.config_set("appendonly", "yes" if on else "no")
+
+            def written() -> bool:
+                info = client.info("persistence")
+                return (not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+                        and bool(info["aof_enabled"]) is on)
+
+            wait_for(written, timeout=30, what="the AOF rewrite")
 
     def stop(self) -> None:
         if self.pid:
