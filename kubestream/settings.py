@@ -132,6 +132,23 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _patterns(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    if not values:
+        raise ValueError("expected a comma-separated list with at least one pattern (`*` allows everything)")
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting, with its default. Construct with ``from_env`` or ``from_mapping``."""
@@ -161,6 +178,27 @@ class Settings:
         "Image of the task container `base` when the pod template does not set one.", _str))
     pod_template_file: str = field(default="", metadata=_doc(
         "Launcher: default pod template (YAML) that every task pod starts from.", _str))
+    pod_template_dir: str = field(default="", metadata=_doc(
+        "Executor: directory a task's `executor_config` `pod_template_file` must resolve into (symlinks and `..` "
+        "resolved); others fail the task. Empty: any file the scheduler can read, so a DAG author can use any "
+        "readable YAML file (e.g. another team's template) as a template. The launcher's own default template is "
+        "`pod_template_file`, read by the launcher, never taken from a message.", _str))
+    pod_policy: str = field(default="baseline", metadata=_doc(
+        "Launcher: what a task pod may be, checked on the final pod (template, pod_override, then "
+        "`pod_policy_overlay_file`) before it is created; a refused pod fails its task. `baseline` or `restricted`: "
+        "the Kubernetes Pod Security Standard of that name, plus no `nodeName`, `allowed_images`, "
+        "`allowed_service_accounts` and the queue's namespace. `off`: no check at all.", _choice(
+            "baseline", "restricted", "off")))
+    allowed_images: tuple[str, ...] = field(default=("*",), metadata=_doc(
+        "Launcher: comma-separated patterns (fnmatch, as written, e.g. `registry.example.com/airflow:*`) that every "
+        "container image of a task pod must match. The default `*` allows any image: narrow it.", _patterns))
+    allowed_service_accounts: tuple[str, ...] = field(default=("default",), metadata=_doc(
+        "Launcher: comma-separated patterns (fnmatch) a task pod's service account must match (unset counts as "
+        "`default`).", _patterns))
+    pod_policy_overlay_file: str = field(default="", metadata=_doc(
+        "Launcher: a YAML Pod merged last onto every task pod, over pod_override (same merge; every field it sets "
+        "wins, also false, 0 and empty ones), e.g. `automountServiceAccountToken: false` or a securityContext. Read "
+        "once at start; it may not set the pod's name, namespace or task labels.", _str))
     kube_config: str = field(default="", metadata=_doc(
         "Launcher/watcher: kubeconfig path. Empty: in-cluster config, then ~/.kube/config.", _str))
     kube_context: str = field(default="", metadata=_doc(
