@@ -34,6 +34,7 @@ from typing import Any
 from devkit.procs import free_port, pid_alive, spawn, stop_pid, wait_for
 
 IDENTITIES = ("admin", "launcher", "watcher", "kubelet", "executor")
+COMPONENTS = ("launcher", "watcher")  # bound, in every task namespace, to their ClusterRole of k8s/rbac.yaml
 PROVISION_SCRIPT = Path(__file__).with_name("provision.sh")
 REPO_RBAC = Path(__file__).resolve().parents[1] / "k8s" / "rbac.yaml"
 
@@ -249,12 +250,15 @@ class LocalCluster:
         return api_client(state.kubeconfig("admin"))
 
     def _apply_rbac(self, state: ClusterState) -> None:
+        import yaml
         from kubernetes import client
 
-        import yaml
-
         rbac = client.RbacAuthorizationV1Api(self._admin(state))
+        # The shipped ClusterRoles themselves, never a copy: the tests exercise what operators apply.
         roles = [doc for doc in yaml.safe_load_all(REPO_RBAC.read_text()) if doc and doc["kind"] == "ClusterRole"]
+        missing = {f"kubestream-{c}" for c in COMPONENTS} - {role["metadata"]["name"] for role in roles}
+        if missing:
+            raise ClusterError(f"{REPO_RBAC} has no ClusterRole {sorted(missing)}")
         roles.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                       "metadata": {"name": "kubestream-sim-kubelet"}, "rules": KUBELET_RULES})
         for role in roles:
@@ -262,7 +266,8 @@ class LocalCluster:
         rbac.create_cluster_role_binding({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "kubestream-sim-kubelet"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubestream-sim-kubelet"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "kubestream-sim-kubelet"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kubestream-kubelet"}],
         })
 
@@ -281,7 +286,7 @@ class LocalCluster:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-            for component in ("launcher", "watcher"):
+            for component in COMPONENTS:
                 rbac.create_namespaced_role_binding(ns, {
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                     "metadata": {"name": f"kubestream-{component}"},
