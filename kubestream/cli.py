@@ -114,6 +114,13 @@ def cmd_janitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from kubestream.acl import acl_file
+
+    print(acl_file(args.prefix, args.scheduler_id or ()), end="")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from kubestream.redisconn import redacted_url
     from kubestream.settings import markdown_table
@@ -146,6 +153,10 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one sweep, print what it removed, exit")
     p.add_argument("--log-level", default=os.environ.get("KUBESTREAM_LOG_LEVEL", "INFO"))
     p.set_defaults(func=cmd_janitor)
+    p = sub.add_parser("acl", help="print a Redis ACL file with one least-privilege user per component")
+    p.add_argument("--prefix", default="kubestream", help="the key_prefix the users are confined to")
+    p.add_argument("--scheduler-id", action="append", help="one scheduler user confined to this id (repeatable)")
+    p.set_defaults(func=cmd_acl)
     p = sub.add_parser("settings", help="print the effective settings, or the README table")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_settings)
