@@ -61,6 +61,7 @@ class Call:
     uid: str = ""  # delete: the uid precondition
     grace_period_seconds: int | None = None  # delete
     resource_version: str = ""  # watch: where it starts
+    timeout: tuple[float, float] | None = None  # create, get, delete: the (connect, read) seconds asked for
 
 
 class FakePodApi:
@@ -129,11 +130,11 @@ class FakePodApi:
             self._changes.clear()
 
     # -- the PodApi surface ------------------------------------------------------------------------
-    def create(self, namespace: str, pod: Pod) -> Pod:
+    def create(self, namespace: str, pod: Pod, *, timeout: tuple[float, float] | None = None) -> Pod:
         name = str((pod.get("metadata") or {}).get("name") or "")
         self._before("create")
         with self._lock:
-            self._record(Call("create", namespace, name))
+            self._record(Call("create", namespace, name, timeout=timeout))
             if not name:
                 raise api_error(422, "Pod \"\" is invalid: metadata.name: Required value: name or generateName "
                                 "is required")
@@ -144,17 +145,19 @@ class FakePodApi:
                 raise api_error(409, f'pods "{name}" already exists', reason="AlreadyExists")
             return copy.deepcopy(self._store(namespace, pod))
 
-    def get(self, namespace: str, name: str) -> Pod | None:
+    def get(self, namespace: str, name: str, *, timeout: tuple[float, float] | None = None) -> Pod | None:
         self._before("get")
         with self._lock:
-            self._record(Call("get", namespace, name))
+            self._record(Call("get", namespace, name, timeout=timeout))
             pod = self._pods[namespace].get(name)
             return copy.deepcopy(pod) if pod is not None else None
 
-    def delete(self, namespace: str, name: str, *, uid: str = "", grace_period_seconds: int | None = None) -> bool:
+    def delete(self, namespace: str, name: str, *, uid: str = "", grace_period_seconds: int | None = None,
+               timeout: tuple[float, float] | None = None) -> bool:
         self._before("delete")
         with self._lock:
-            self._record(Call("delete", namespace, name, uid=uid, grace_period_seconds=grace_period_seconds))
+            self._record(Call("delete", namespace, name, uid=uid, grace_period_seconds=grace_period_seconds,
+                              timeout=timeout))
             pod = self._pods[namespace].get(name)
             if pod is None:
                 return False

@@ -204,22 +204,24 @@ class PodApi:
         self.timeout = timeout
         self.list_timeout = list_timeout
 
-    def create(self, namespace: str, pod: Pod) -> Pod:
-        """Create ``pod``; 409 (``status_reason`` AlreadyExists) when its name is taken."""
-        created: Pod = request(self.api, "POST", pods_path(namespace), pod, timeout=self.timeout)
+    def create(self, namespace: str, pod: Pod, *, timeout: Timeout | None = None) -> Pod:
+        """Create ``pod``; 409 (``status_reason`` AlreadyExists) when its name is taken. ``timeout``
+        (create, get, delete): this call's (connect, read) seconds instead of the client's."""
+        created: Pod = request(self.api, "POST", pods_path(namespace), pod, timeout=timeout or self.timeout)
         return created
 
-    def get(self, namespace: str, name: str) -> Pod | None:
+    def get(self, namespace: str, name: str, *, timeout: Timeout | None = None) -> Pod | None:
         """The pod, or None when there is none (404)."""
         try:
-            pod: Pod = request(self.api, "GET", pods_path(namespace, name), timeout=self.timeout)
+            pod: Pod = request(self.api, "GET", pods_path(namespace, name), timeout=timeout or self.timeout)
         except ApiError as exc:
             if exc.status == HTTPStatus.NOT_FOUND:
                 return None
             raise
         return pod
 
-    def delete(self, namespace: str, name: str, *, uid: str = "", grace_period_seconds: int | None = None) -> bool:
+    def delete(self, namespace: str, name: str, *, uid: str = "", grace_period_seconds: int | None = None,
+               timeout: Timeout | None = None) -> bool:
         """Delete the pod (only if its uid is ``uid``, when given: 409 if it is another pod by now).
         False when there was no pod (404)."""
         options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
@@ -228,7 +230,7 @@ class PodApi:
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
         try:
-            request(self.api, "DELETE", pods_path(namespace, name), options, timeout=self.timeout)
+            request(self.api, "DELETE", pods_path(namespace, name), options, timeout=timeout or self.timeout)
         except ApiError as exc:
             if exc.status == HTTPStatus.NOT_FOUND:
                 return False
