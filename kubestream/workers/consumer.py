@@ -1,9 +1,9 @@
 """Reliable consumption of the launch streams: one consumer in the ``launchers`` group.
 
 - ``own_pending``: entries delivered to this consumer name before (a restart
-  with the same name) are handled first;
-- ``reclaim``: entries idle longer than ``min_idle`` on any consumer (a
-  crashed launcher) are claimed with XAUTOCLAIM, with their delivery counts;
+  with the same name) are handled first, a batch at a time;
+- ``reclaim``: entries idle longer than ``min_idle`` (a crashed launcher's, or
+  this one's left for redelivery) are claimed with XCLAIM, with their delivery counts;
 - ``read_new``: new entries, blocking at most ``block_ms``;
 - ``ack``: XACK + XDEL for a batch of entries in one MULTI, only once their outcomes are settled.
 
@@ -15,8 +15,9 @@ and counts a reset in ``resets``; the launcher's health says so.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -34,12 +35,16 @@ class Entry:
     entry_id: str
     raw: bytes
     deliveries: int
+    # when this process read or claimed it (time.monotonic()): its retry budget starts there, as
+    # its idle time in the group does (the clock other launchers reclaim it by)
+    read_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 class StreamConsumer:
     def __init__(self, client: redis.Redis, streams: Sequence[str], name: str, *, min_idle_ms: int) -> None:
         self.redis, self.streams, self.name, self.min_idle_ms = client, list(streams), name, min_idle_ms
         self.resets = 0
+        self._own_after = {s: "0" for s in self.streams}  # own_pending: the last entry id returned, per stream
 
     def _group_lost(self, exc: redis.ResponseError) -> None:
         """Re-raise anything but NOGROUP; on NOGROUP recreate the groups (Redis lost its data)."""
@@ -68,28 +73,44 @@ class StreamConsumer:
         return [Entry(stream, eid, fields.get(FIELD, b""), 1)
                 for stream, eid, fields in stream_entries(reply) if fields is not None]
 
-    def own_pending(self) -> list[Entry]:
-        try:
-            reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: "0" for s in self.streams}, count=10_000)
-        except redis.ResponseError as exc:
-            self._group_lost(exc)
-            return []
-        return self._with_counts(stream_entries(reply))
+    def own_pending(self, count: int = 10_000) -> list[Entry]:
+        """The next (at most ``count``) entries delivered to this consumer name before, oldest first per
+        stream; each call goes on after the last one returned; [] once there are no more."""
+        out: list[Entry] = []
+        for stream in self.streams:
+            while len(out) < count and self._own_after[stream]:
+                try:
+                    reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {stream: self._own_after[stream]},
+                                                  count=count - len(out))
+                except redis.ResponseError as exc:
+                    self._group_lost(exc)
+                    return out
+                rows = stream_entries(reply)
+                if not rows:
+                    self._own_after[stream] = ""  # no more
+                    break
+                self._own_after[stream] = rows[-1][1]
+                out += self._with_counts(stream, rows)
+        return out
 
-    def reclaim(self, held: Collection[str] = ()) -> list[Entry]:
+    def reclaim(self, held: Collection[str] = (), count: int = 1000) -> list[Entry]:
         """Claim entries idle longer than ``min_idle``: those of dead launchers, and this consumer's own that it
         left for redelivery (a transient error outlasted the retry budget).
 
         Entries in ``held`` (``"<stream>/<entry id>"`` this process still has in hand: queued for or in a
-        create thread) are never claimed back: that would only raise their delivery count.
+        create thread) are never claimed back: that would only raise their delivery count. At most
+        ``count`` entries are claimed (what the caller can take in hand now).
         """
         claimed: list[Entry] = []
         for stream in self.streams:
+            if len(claimed) >= count:
+                break
             try:
                 idle = self.redis.xpending_range(stream, LAUNCH_GROUP, min="-", max="+", count=1000,
                                                  idle=self.min_idle_ms)
                 theirs = {as_text(row["message_id"]): int(row["times_delivered"]) for row in idle
                           if f"{stream}/{as_text(row['message_id'])}" not in held}
+                theirs = dict(list(theirs.items())[:count - len(claimed)])
                 if not theirs:
                     continue
                 got = self.redis.xclaim(stream, LAUNCH_GROUP, self.name, self.min_idle_ms, list(theirs))
@@ -106,15 +127,17 @@ class StreamConsumer:
             log.info("reclaimed %d idle launch entries", len(claimed))
         return claimed
 
-    def _with_counts(self, rows: list[tuple[str, str, Any]]) -> list[Entry]:
+    def _with_counts(self, stream: str, rows: list[tuple[str, str, Any]]) -> list[Entry]:
+        """Entries of this consumer's pending ``rows`` (of one stream) with their delivery counts (one XPENDING)."""
+        info = self.redis.xpending_range(stream, LAUNCH_GROUP, min=rows[0][1], max=rows[-1][1], count=len(rows),
+                                         consumername=self.name)
+        counts = {as_text(row["message_id"]): int(row["times_delivered"]) for row in info}
         out = []
-        for stream, eid, fields in rows:
+        for _, eid, fields in rows:
             if fields is None:  # deleted while pending
                 self.redis.xack(stream, LAUNCH_GROUP, eid)
                 continue
-            info = self.redis.xpending_range(stream, LAUNCH_GROUP, min=eid, max=eid, count=1)
-            count = int(info[0]["times_delivered"]) if info else 1
-            out.append(Entry(stream, eid, fields.get(FIELD, b""), count))
+            out.append(Entry(stream, eid, fields.get(FIELD, b""), counts.get(eid, 1)))
         return out
 
     def ack(self, entries: Sequence[Entry]) -> None:

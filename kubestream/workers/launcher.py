@@ -4,19 +4,28 @@ One consumer group (``launchers``) per queue stream; this process is one
 consumer. Reliability rules (docs/architecture.md has the full story):
 
 - entries are read in batches (up to twice ``launch_concurrency`` in hand),
-  their dispatch checks (revoked? superseded?) looked up in one round trip;
+  their dispatch checks (revoked? superseded? already finished?) looked up per batch;
 - an entry is acknowledged (and deleted) only once its outcome is settled:
   pod created, 409 AlreadyExists (a redelivery: success), a permanent API
   error or bad input (failed result published in the same Lua call); an acker
   thread acknowledges settled entries in batches (a crash before that means a
   redelivery, which meets 409);
 - on start the consumer first re-handles its own pending entries, and it
-  periodically reclaims (XAUTOCLAIM) entries idle longer than
-  ``reclaim_idle_seconds`` on consumers that died;
-- an entry delivered more than ``max_deliveries`` times is dead-lettered with
-  a failed result;
-- transient API errors are retried with jittered backoff for at most
-  ``retry_budget_seconds`` per delivery, then left pending for redelivery;
+  periodically reclaims (XCLAIM) entries idle longer than
+  ``reclaim_idle_seconds``: those of consumers that died and its own that it
+  left for redelivery (never one it has in hand);
+- a launch delivered more than ``max_deliveries`` times is settled by its pod:
+  a pod of its dispatch exists = launched (acknowledged); none = dead-lettered
+  with a failed result; the lookup failed = left pending;
+- transient API errors are retried with jittered backoff within
+  ``retry_budget_seconds`` from the entry's read, then left pending for
+  redelivery: each request's timeout and the rate limiter's wait end at the
+  budget's deadline (a request gets at least ``REQUEST_FLOOR_SECONDS``), so an
+  entry is settled or released before another launcher may reclaim it;
+- 409 on a pod of an earlier dispatch: a finished one (Succeeded/Failed, kept
+  by ``delete_worker_pods=False`` or a failed delete) is deleted (uid
+  precondition) and the pod created; a live one is waited for; a launch whose
+  dispatch was superseded meanwhile is skipped;
 - revoked tasks are skipped; RevokeTask deletes the pod of the revoked
   dispatch (uid precondition: never a newer pod of the same name);
 - SIGTERM: stop reading, let in-flight creates finish (no new retries), exit;
@@ -42,17 +51,22 @@ from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
-from kubestream.kubeapi import ApiError, PodApi
+from kubestream.kubeapi import REQUEST_TIMEOUT, ApiError, Pod, PodApi, Timeout
 from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
+from kubestream.text import as_text
 from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 from kubestream.workload import token_expiry
 
 log = logging.getLogger("kubestream.launcher")
+
+REQUEST_FLOOR_SECONDS = 1.0  # no API request gets less time to answer, even at its budget's very end
+FINISHED_PHASES = ("Succeeded", "Failed")
+FINAL_STATES = ("succeeded", "failed")
 
 
 @dataclass(slots=True)
@@ -66,7 +80,23 @@ class Work:
 
 
 class _OlderPodExists(Exception):
-    """409: the pod name is taken by a pod of an earlier (revoked) dispatch of the same key."""
+    """409: the pod name is taken by a live pod of an earlier (revoked) dispatch of the same key."""
+
+
+class _PodVanished(Exception):
+    """409, then no pod at all: the pod holding the name was deleted meanwhile; create again."""
+
+
+class _Superseded(Exception):
+    """The task record names another dispatch by now: this launch must not go ahead."""
+
+
+class _BudgetSpent(Exception):
+    """The retry budget's deadline passed before a request could be sent."""
+
+
+def _dispatch_of(pod: Pod | None) -> str:
+    return str(((pod or {}).get("metadata", {}).get("annotations") or {}).get(DISPATCH_ANNOTATION, ""))
 
 
 class Launcher:
@@ -90,6 +120,8 @@ class Launcher:
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
         self._inflight: dict[Future[None], str] = {}  # each create thread's work -> its entry id
         self._settled: list[Entry] = []
+        self._acking: list[Entry] = []  # the batch the acker is acknowledging
+        self._own_pending_left = True  # entries delivered to this name before this process started
         self._acker_stop = False
         self._acker = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._lock = threading.Condition()
@@ -106,10 +138,10 @@ class Launcher:
         last_reclaim = 0.0
         outage = 0
         try:
-            self._submit(self.consumer.own_pending())
             while not self.stopping.is_set():
                 try:
-                    if time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
+                    if (not self._own_pending_left  # own pending entries first (a reclaim would claim them too)
+                            and time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2)):
                         self._submit(self._reclaim())
                         last_reclaim = time.monotonic()
                     got = self._submit(self._read_new())
@@ -168,13 +200,17 @@ class Launcher:
             with self._lock:
                 self._lock.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
                 batch, self._settled = self._settled, []
+                self._acking = batch
                 if not batch and self._acker_stop:
                     return
             try:
                 self.consumer.ack(batch)
                 failures = 0
+                with self._lock:
+                    self._acking = []
             except redis.RedisError as exc:  # unacknowledged entries are redelivered and meet 409
                 with self._lock:
+                    self._acking = []
                     self._settled[:0] = batch
                     if self._acker_stop and failures >= 3:
                         log.warning("could not acknowledge %d settled entries on exit: %s", len(batch), exc)
@@ -186,19 +222,33 @@ class Launcher:
     def _read_new(self) -> list[Entry]:
         """Read in batches: once no more than ``launch_concurrency`` entries are in hand, read up to
         as many again, so the create threads always have work queued and every read, dispatch
-        check and acknowledgement covers a batch."""
+        check and acknowledgement covers a batch. This consumer's own pending entries (a restart
+        with the same name) come first, in batches too: each entry's budget starts at its read."""
         concurrency = self.settings.launch_concurrency
         with self._lock:
             if not self._lock.wait_for(lambda: len(self._inflight) <= concurrency,
                                        timeout=self.settings.block_ms / 1000):
                 return []
             free = 2 * concurrency - len(self._inflight)
+        if self._own_pending_left:
+            own = self.consumer.own_pending(free)
+            if own:
+                return own
+            self._own_pending_left = False
         return self.consumer.read_new(free, self.settings.block_ms)
+
+    def _in_hand(self) -> set[str]:
+        """``"<stream>/<entry id>"`` of the entries this process holds: queued for or in a create thread,
+        or settled and not acknowledged yet."""
+        with self._lock:
+            return {*self._inflight.values(), *(f"{e.stream}/{e.entry_id}" for e in (*self._settled, *self._acking))}
 
     def _reclaim(self) -> list[Entry]:
         with self._lock:
-            held = set(self._inflight.values())  # "<stream>/<entry id>"
-        claimed = self.consumer.reclaim(held)
+            free = 2 * self.settings.launch_concurrency - len(self._inflight)
+        if free <= 0:
+            return []
+        claimed = self.consumer.reclaim(self._in_hand(), count=free)
         self.metrics.inc("reclaimed_total", len(claimed))
         return claimed
 
@@ -217,7 +267,7 @@ class Launcher:
             self._lock.notify_all()
 
     def prepare(self, entries: list[Entry]) -> list[Work]:
-        """Decode a batch and look up, in one round trip, whether each launch may go ahead."""
+        """Decode a batch and look up, per batch, whether each launch may go ahead."""
         works = []
         for entry in entries:
             try:
@@ -228,7 +278,26 @@ class Launcher:
         verdicts = self.store.launch_verdicts([(m.pod_name, m.external_executor_id) for _, m in launches])
         for (work, _), verdict in zip(launches, verdicts, strict=True):
             work.verdict = verdict
+        going = [(w, m) for w, m in launches if not w.verdict]
+        for (work, _), finished in zip(going, self._finished([m for _, m in going]), strict=True):
+            work.verdict = finished
         return works
+
+    def _finished(self, launches: list[LaunchTask]) -> list[str]:
+        """For each launch: 'already <state>' when its task record holds a final state of its dispatch (a
+        reclaimed launch whose pod ran, finished and was deleted: creating it again would run the task
+        twice), else ''. One round trip."""
+        if not launches:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for msg in launches:
+            pipe.hmget(self.keys.task(msg.pod_name), "state", "dispatch")
+        out = []
+        for msg, (state, current) in zip(launches, pipe.execute(), strict=True):
+            state = as_text(state) if state is not None else ""
+            ours = not msg.external_executor_id or not current or as_text(current) == msg.external_executor_id
+            out.append(f"already {state}" if state in FINAL_STATES and ours else "")
+        return out
 
     # -- handling ----------------------------------------------------------------------------
     def _handle_safely(self, work: Work) -> None:
@@ -241,31 +310,35 @@ class Launcher:
     def handle(self, work: Work) -> None:
         entry, message = work.entry, work.message
         ctx = {"stream": entry.stream, "entry": entry.entry_id}
+        # the budget runs from the entry's read, as its idle time in the group does
+        deadline = entry.read_at + self.settings.retry_budget_seconds
         if work.error is not None or message is None:
             exc = work.error
             key = exc.key() if exc is not None else None
             event = failed(key, f"bad launch message: {exc}") if key else None
-            self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=f"decode: {exc}", raw=entry.raw)
+            dispatch = exc.partial.get("external_executor_id") if exc is not None else None
+            self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=f"decode: {exc}", raw=entry.raw,
+                                   dispatch=dispatch if isinstance(dispatch, str) else "")
             self.metrics.inc("dead_lettered_total")
             log.error("dead-lettered undecodable entry: %s", exc, extra=ctx)
             return
         ctx.update(task=str(message.key), pod=message.key.pod_name())
-        if entry.deliveries > self.settings.max_deliveries:
-            reason = f"launch gave up after {entry.deliveries - 1} deliveries"
-            self.store.fail_launch(entry.stream, entry.entry_id, failed(message.key, reason),
-                                   dead_reason=reason, raw=entry.raw)
-            self.metrics.inc("dead_lettered_total")
-            log.error("dead-lettered: %s", reason, extra=ctx)
-            return
-        if isinstance(message, RevokeTask):
-            self._revoke(message, entry)
-        elif isinstance(message, LaunchTask):
-            self._launch(message, entry, ctx, work.verdict)
+        if isinstance(message, LaunchTask):
+            self._launch(message, entry, ctx, work.verdict, deadline)
+        elif isinstance(message, RevokeTask):
+            if entry.deliveries > self.settings.max_deliveries:
+                reason = f"revoke gave up after {entry.deliveries - 1} deliveries"
+                self.store.fail_launch(entry.stream, entry.entry_id, failed(message.key, reason),
+                                       dead_reason=reason, raw=entry.raw, dispatch=message.external_executor_id)
+                self.metrics.inc("dead_lettered_total")
+                log.error("dead-lettered: %s", reason, extra=ctx)
+                return
+            self._revoke(message, entry, deadline)
         else:
             self.store.fail_launch(entry.stream, entry.entry_id, None,
                                    dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
 
-    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str) -> None:
+    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str, deadline: float) -> None:
         if verdict:
             self._ack(entry)
             self.metrics.inc("skipped_total")
@@ -287,15 +360,24 @@ class Launcher:
                             template=msg.pod_template or self.template, pod_override=msg.pod_override)
         except PodSpecError as exc:
             self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, f"invalid pod spec: {exc}"),
-                                   dead_reason=f"pod spec: {exc}", raw=entry.raw)
+                                   dead_reason=f"pod spec: {exc}", raw=entry.raw, dispatch=msg.external_executor_id)
             self.metrics.inc("dead_lettered_total")
             log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
             return
         namespace = pod["metadata"].get("namespace") or namespace
         if msg.external_executor_id:
             pod["metadata"]["annotations"][DISPATCH_ANNOTATION] = msg.external_executor_id
-        outcome = self._retrying(lambda: self._create(namespace, pod, msg.external_executor_id), ctx,
-                                 rate_limited=True)
+        if entry.deliveries > self.settings.max_deliveries:
+            self._give_up(msg, entry, ctx, namespace, deadline)
+            return
+        try:
+            outcome = self._retrying(lambda: self._create(namespace, pod, msg.external_executor_id, deadline), ctx,
+                                     deadline, rate_limited=True)
+        except _Superseded as exc:
+            self._ack(entry)
+            self.metrics.inc("skipped_total")
+            log.info("skipped launch: %s", exc, extra=ctx)
+            return
         if outcome is None:
             return  # stopping or retry budget spent: left pending for redelivery
         if outcome.kind in ("created", "exists"):
@@ -303,31 +385,92 @@ class Launcher:
             self.metrics.inc("created_total" if outcome.kind == "created" else "already_exists_total")
             log.info("pod %s", outcome.kind, extra=ctx)
         else:
-            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, outcome.message, namespace))
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, outcome.message, namespace),
+                                   dispatch=msg.external_executor_id)
             self.metrics.inc("failed_total")
             log.error("pod create failed permanently: %s", outcome.message, extra=ctx)
 
-    def _create(self, namespace: str, pod: dict[str, Any], dispatch: str) -> None:
-        """Create the pod; a 409 is success unless the existing pod belongs to another dispatch
-        (a revoked one still terminating): then retry until it is gone."""
+    def _give_up(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], namespace: str, deadline: float) -> None:
+        """A launch delivered more than ``max_deliveries`` times: its pod decides. A pod of its dispatch means
+        an earlier delivery launched it (its acknowledgement was lost): acknowledged. No pod of its dispatch:
+        the task fails and the entry is dead-lettered. The lookup failed: left pending, looked up again at the
+        next delivery (a launch that stays unverified is superseded once Airflow requeues its task)."""
+        found: list[Pod | None] = []
+        outcome = self._retrying(lambda: found.append(self.pods.get(namespace, msg.pod_name,
+                                                                    timeout=self._timeout(deadline))), ctx, deadline)
+        if outcome is None or outcome.kind != "created" or not found:
+            self.metrics.inc("give_up_unverified_total")
+            log.warning("launch past %d deliveries left pending: its pod could not be looked up%s",
+                        self.settings.max_deliveries, f" ({outcome.message})" if outcome else "", extra=ctx)
+            return
+        pod, dispatch = found[-1], msg.external_executor_id
+        theirs = _dispatch_of(pod)
+        if pod is not None and (not dispatch or not theirs or theirs == dispatch):
+            self._ack(entry)
+            self.metrics.inc("already_exists_total")
+            log.info("launch past %d deliveries: its pod exists, launched", self.settings.max_deliveries, extra=ctx)
+            return
+        reason = f"launch gave up after {entry.deliveries - 1} deliveries"
+        if pod is not None:
+            reason += f" (the pod name is held by a pod of dispatch {theirs})"
+        self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, reason, namespace),
+                               dead_reason=reason, raw=entry.raw, dispatch=dispatch)
+        self.metrics.inc("dead_lettered_total")
+        log.error("dead-lettered: %s", reason, extra=ctx)
+
+    def _timeout(self, deadline: float) -> Timeout:
+        """The (connect, read) timeout of one request: what is left of the budget (at least
+        ``REQUEST_FLOOR_SECONDS``), never more than the client's own; ``_BudgetSpent`` once it is over."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _BudgetSpent("retry budget spent")
+        seconds = max(REQUEST_FLOOR_SECONDS, left)
+        return min(REQUEST_TIMEOUT[0], seconds), min(REQUEST_TIMEOUT[1], seconds)
+
+    def _create(self, namespace: str, pod: dict[str, Any], dispatch: str, deadline: float) -> None:
+        """Create the pod. A 409 is success when the pod there is this dispatch's (or carries none). A pod of
+        another dispatch: if this launch was superseded meanwhile, ``_Superseded``; if that pod finished,
+        delete it (uid precondition: never a pod that replaced it) and create this one; else
+        ``_OlderPodExists`` (retried until that pod is gone)."""
+        name = pod["metadata"]["name"]
         try:
-            self.pods.create(namespace, pod)
+            self.pods.create(namespace, pod, timeout=self._timeout(deadline))
+            return
         except ApiError as exc:
             if exc.status != 409 or not dispatch:
                 raise
-            existing = self.pods.get(namespace, pod["metadata"]["name"])
-            theirs = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(DISPATCH_ANNOTATION, "")
-            if existing is not None and theirs and theirs != dispatch:
-                raise _OlderPodExists(f"pod of an earlier dispatch {theirs} still exists") from None
+            conflict = exc
+        existing = self.pods.get(namespace, name, timeout=self._timeout(deadline))
+        if existing is None:
+            raise _PodVanished("the pod holding the name was deleted meanwhile") from None
+        theirs = _dispatch_of(existing)
+        if not theirs or theirs == dispatch:
+            raise conflict  # this dispatch's pod: an earlier delivery created it
+        current = self.redis.hget(self.keys.task(name), "dispatch")
+        if current is not None and as_text(current) != dispatch:
+            raise _Superseded(f"dispatch {as_text(current)} superseded it")
+        meta = existing["metadata"]
+        phase = (existing.get("status") or {}).get("phase", "")
+        if phase not in FINISHED_PHASES or meta.get("deletionTimestamp"):
+            raise _OlderPodExists(f"pod of an earlier dispatch {theirs} still exists ({phase or 'no phase'})")
+        self.pods.delete(namespace, name, uid=meta["uid"], grace_period_seconds=0, timeout=self._timeout(deadline))
+        self.metrics.inc("replaced_finished_total")
+        log.info("deleted the %s pod of an earlier dispatch %s that held the name", phase, theirs,
+                 extra={"pod": name, "namespace": namespace})
+        try:
+            self.pods.create(namespace, pod, timeout=self._timeout(deadline))
+        except ApiError as exc:
+            if exc.status == 409:  # taken again meanwhile: look at who holds it on the next attempt
+                raise _PodVanished("the pod name was taken again after the delete") from None
             raise
 
-    def _revoke(self, msg: RevokeTask, entry: Entry) -> None:
+    def _revoke(self, msg: RevokeTask, entry: Entry, deadline: float) -> None:
         """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
         namespace = self.settings.namespace_for_queue(msg.queue)
         ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
 
         def delete() -> None:
-            pod = self.pods.get(namespace, msg.pod_name)
+            pod = self.pods.get(namespace, msg.pod_name, timeout=self._timeout(deadline))
             if pod is None:
                 return
             meta = pod["metadata"]
@@ -335,9 +478,10 @@ class Launcher:
             if msg.external_executor_id and theirs and theirs != msg.external_executor_id:
                 return  # a newer dispatch's pod: not ours to delete
             # the uid precondition: 409 if the pod was replaced since it was read (retried, read again)
-            self.pods.delete(namespace, msg.pod_name, uid=meta["uid"], grace_period_seconds=0)
+            self.pods.delete(namespace, msg.pod_name, uid=meta["uid"], grace_period_seconds=0,
+                             timeout=self._timeout(deadline))
 
-        outcome = self._retrying(delete, ctx)
+        outcome = self._retrying(delete, ctx, deadline)
         if outcome is None:
             return
         if outcome.kind != "transient":
@@ -345,17 +489,27 @@ class Launcher:
             self.metrics.inc("revoked_total")
             log.info("revoke handled: %s", outcome.message or "no pod of the revoked dispatch remains", extra=ctx)
 
-    def _retrying(self, call: Callable[[], Any], ctx: dict[str, str], *, rate_limited: bool = False) -> Outcome | None:
-        """Run an API call, retrying transient errors within the budget; None = give up for now."""
-        deadline = time.monotonic() + self.settings.retry_budget_seconds
+    def _retrying(self, call: Callable[[], object], ctx: dict[str, str], deadline: float, *,
+                  rate_limited: bool = False) -> Outcome | None:
+        """Run an API call, retrying transient errors until ``deadline``; None = give up for now (left
+        pending). Success is ``Outcome("created")``; ``_Superseded`` passes through."""
         attempt = 0
         while True:
-            if rate_limited and not self.limiter.acquire(self.stopping):
+            if rate_limited and not self.limiter.acquire(self.stopping, deadline):
+                if not self.stopping.is_set():
+                    self.metrics.inc("released_total")
+                    log.warning("no create token before the retry budget's end, leaving for redelivery", extra=ctx)
                 return None
             try:
                 call()
                 return Outcome("created")
-            except _OlderPodExists as exc:
+            except _Superseded:
+                raise
+            except _BudgetSpent:
+                self.metrics.inc("released_total")
+                log.warning("retry budget spent, leaving for redelivery", extra=ctx)
+                return None
+            except (_OlderPodExists, _PodVanished) as exc:
                 outcome = Outcome("transient", str(exc))
             except Exception as exc:  # classified below; unknown errors are transient (bounded by max_deliveries)
                 outcome = classify_exception(exc)
@@ -371,9 +525,9 @@ class Launcher:
                 return Outcome("permanent", f"{outcome.message} (still denied after "
                                             f"{self.settings.retry_budget_seconds:g}s of retries)")
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
+                self.metrics.inc("released_total")
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)
                 return None
             log.info("transient API error, retrying in %.2fs: %s", delay, outcome.message, extra=ctx)
             if self.stopping.wait(delay):
                 return None
-

@@ -7,6 +7,9 @@ one; the pods the launcher made, the calls it sent and what it published are the
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,10 +18,12 @@ import redis
 from devkit.fakekube import FakePodApi, api_error
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.messages import FIELD, LaunchTask, Message, RevokeTask, TaskState, TaskStateChanged, decode, encode
+from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey, key_from_annotations, task_annotations
-from kubestream.workers.launcher import Launcher
+from kubestream.workers.consumer import Entry
+from kubestream.workers.launcher import REQUEST_FLOOR_SECONDS, Launcher
 
 NS = "tasks"
 OWNER = "sched-a"
@@ -64,11 +69,26 @@ def send(redis_client: redis.Redis, keys: Keys, message: Message) -> None:
 
 def handle_all(launcher: Launcher) -> int:
     """Read what is new, handle each entry, acknowledge what settled; returns how many were read."""
-    works = launcher.prepare(launcher.consumer.read_new(100, 10))
+    return handle_entries(launcher, launcher.consumer.read_new(100, 10))
+
+
+def handle_entries(launcher: Launcher, entries: list[Entry]) -> int:
+    works = launcher.prepare(entries)
     for work in works:
         launcher.handle(work)
     launcher.consumer.ack(launcher.settled())
     return len(works)
+
+
+def read_delivered(launcher: Launcher, redis_client: redis.Redis, keys: Keys, times: int) -> list[Entry]:
+    """Read what is new, claim it ``times - 2`` times (as launchers that died one after the other did),
+    then read it as the launcher's own pending entries (a delivery too): delivered ``times`` times."""
+    entries = launcher.consumer.read_new(100, 10)
+    for _ in range(times - 2):
+        redis_client.xclaim(keys.launch("default"), LAUNCH_GROUP, launcher.name, 0, [e.entry_id for e in entries])
+    own = launcher.consumer.own_pending()
+    assert [e.deliveries for e in own] == [times] * len(entries)
+    return own
 
 
 def pending(redis_client: redis.Redis, keys: Keys) -> int:
@@ -241,3 +261,213 @@ def test_a_revoke_whose_pod_was_replaced_meanwhile_deletes_nothing(launcher, pod
     assert [c.uid for c in pods.calls_of("delete")] == [old_uid]  # 409 (precondition), then read again: not ours
     assert pods.pod(NS, POD)["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
     assert pending(redis_client, keys) == 0
+
+
+# -- past max_deliveries: the pod decides ------------------------------------------------------------
+
+
+def test_a_launch_past_max_deliveries_whose_pod_exists_is_acknowledged_not_failed(launcher, pods, redis_client,
+                                                                                  settings, keys) -> None:
+    # an earlier delivery created the pod, then its launcher died before acknowledging, five times over
+    pods.add(NS, pod_of(KEY, "d1"))
+    dispatch(redis_client, settings, dispatch_id="d1")
+    handle_entries(launcher, read_delivered(launcher, redis_client, keys, settings.max_deliveries + 1))
+    assert [c.verb for c in pods.calls] == ["get"]  # looked up, not created again
+    assert results(redis_client, keys) == [] and redis_client.xlen(keys.dead) == 0
+    assert pending(redis_client, keys) == 0
+    assert launcher.metrics.snapshot()["already_exists_total"] == 1
+
+
+@pytest.mark.parametrize("holder", [None, "d0"])
+def test_a_launch_past_max_deliveries_without_its_pod_is_failed_and_dead_lettered(launcher, pods, redis_client,
+                                                                                  settings, keys, holder) -> None:
+    if holder:  # the name is held by another dispatch's pod: still no pod of this one
+        pods.add(NS, pod_of(KEY, holder))
+    dispatch(redis_client, settings, dispatch_id="d1")
+    handle_entries(launcher, read_delivered(launcher, redis_client, keys, settings.max_deliveries + 1))
+    (event,) = results(redis_client, keys)
+    assert event.state is TaskState.FAILED and event.reason.startswith("launch gave up after 5 deliveries")
+    assert ("held by a pod of dispatch d0" in event.reason) == bool(holder)
+    assert redis_client.xlen(keys.dead) == 1 and pending(redis_client, keys) == 0
+    assert pods.calls_of("create") == []
+
+
+def test_a_launch_past_max_deliveries_whose_lookup_fails_stays_pending(launcher, pods, redis_client, settings,
+                                                                       keys) -> None:
+    pods.fail_next("get", *[api_error(503, "etcdserver: leader changed") for _ in range(10_000)])
+    dispatch(redis_client, settings, dispatch_id="d1")
+    handle_entries(launcher, read_delivered(launcher, redis_client, keys, settings.max_deliveries + 1))
+    assert len(pods.calls_of("get")) >= 2 and pods.calls_of("create") == []  # retried within the budget
+    assert results(redis_client, keys) == [] and redis_client.xlen(keys.dead) == 0
+    assert pending(redis_client, keys) == 1 and launcher.settled() == []  # looked up again at the next delivery
+
+
+def test_a_launch_past_max_deliveries_of_a_superseded_dispatch_is_skipped(launcher, pods, redis_client, settings,
+                                                                          keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    entries = read_delivered(launcher, redis_client, keys, settings.max_deliveries + 1)
+    dispatch(redis_client, settings, dispatch_id="d2")  # requeued meanwhile
+    handle_entries(launcher, entries)
+    assert pods.calls == [] and results(redis_client, keys) == [] and redis_client.xlen(keys.dead) == 0
+    assert launcher.metrics.snapshot()["skipped_total"] == 1
+
+
+# -- each delivery is bounded by the retry budget ------------------------------------------------------
+
+
+def test_each_request_gets_no_more_than_what_is_left_of_the_budget(launcher, pods, redis_client, settings,
+                                                                  keys) -> None:
+    pods.fail_next("create", *[api_error(503) for _ in range(3)])
+    dispatch(redis_client, settings)
+    handle_all(launcher)
+    assert pods.pod(NS, POD) is not None
+    reads = [c.timeout[1] for c in pods.calls_of("create") if c.timeout is not None]
+    assert len(reads) == 4, pods.calls
+    assert all(REQUEST_FLOOR_SECONDS <= t <= settings.retry_budget_seconds for t in reads)
+    assert reads == sorted(reads, reverse=True)  # each attempt gets what is left
+
+
+def test_an_entry_whose_budget_ran_out_before_it_was_handled_is_left_pending_without_a_request(
+        launcher, pods, redis_client, settings, keys) -> None:
+    dispatch(redis_client, settings)
+    # the entry waited in hand (create threads busy) for longer than its budget since it was read
+    (entry,) = launcher.consumer.read_new(10, 10)
+    stale = dataclasses.replace(entry, read_at=time.monotonic() - settings.retry_budget_seconds - 1)
+    handle_entries(launcher, [stale])
+    assert pods.calls == []
+    assert pending(redis_client, keys) == 1 and launcher.settled() == []
+    assert launcher.metrics.snapshot()["released_total"] == 1
+
+
+def test_the_rate_limiters_wait_ends_at_the_budgets_deadline(settings, redis_client, pods, keys) -> None:
+    slow = dataclasses.replace(settings, create_rate=0.001, create_burst=1)  # one token per 1000 s
+    launcher = Launcher(slow, redis_client, None, name="test-launcher", pods=pods)
+    launcher.consumer.ensure_groups()
+    assert launcher.limiter.take() == 0  # the only token is gone
+    dispatch(redis_client, settings)
+    done = threading.Event()
+
+    def handle() -> None:
+        handle_all(launcher)
+        done.set()
+
+    threading.Thread(target=handle, daemon=True).start()
+    try:
+        assert done.wait(60), "the launch waited for a token past its budget"
+    finally:
+        launcher.stop()  # ends a wait that would have gone on
+    assert pods.calls == []
+    assert pending(redis_client, keys) == 1 and launcher.settled() == []
+    assert launcher.metrics.snapshot()["released_total"] == 1
+
+
+def test_rate_limiter_acquire_gives_up_at_its_deadline_without_sleeping_past_it(redis_client, keys) -> None:
+    limiter = RateLimiter(redis_client, keys.rate_limit, rate=0.001, burst=1)
+    assert limiter.acquire(deadline=time.monotonic() + 60)  # the burst's token
+    stop = threading.Event()
+    timer = threading.Timer(60, stop.set)  # a guard: without a deadline this would wait 1000 s
+    timer.start()
+    try:
+        assert limiter.acquire(stop, deadline=time.monotonic() + 30) is False
+        assert not stop.is_set()  # it returned on its own: no token before the deadline
+    finally:
+        timer.cancel()
+
+
+# -- an earlier dispatch's pod holds the name ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_a_finished_pod_of_an_earlier_dispatch_is_replaced_by_this_dispatchs_pod(launcher, pods, redis_client,
+                                                                                 settings, keys, phase) -> None:
+    # a reschedule-mode sensor: its first poke's pod ended and was kept (delete_worker_pods=False); the
+    # second poke is a new dispatch of the same try, hence the same pod name
+    old_uid = pods.add(NS, pod_of(KEY, "d1"))["metadata"]["uid"]
+    pods.set_phase(NS, POD, phase)
+    dispatch(redis_client, settings, dispatch_id="d2")
+    handle_all(launcher)
+    (delete,) = pods.calls_of("delete")
+    assert (delete.uid, delete.grace_period_seconds) == (old_uid, 0)
+    pod = pods.pod(NS, POD)
+    assert pod is not None and pod["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
+    assert pod["metadata"]["uid"] != old_uid
+    assert pending(redis_client, keys) == 0 and results(redis_client, keys) == []
+    snapshot = launcher.metrics.snapshot()
+    assert snapshot["replaced_finished_total"] == 1 and snapshot["created_total"] == 1
+
+
+def test_a_finished_pod_replaced_between_the_read_and_the_delete_is_not_deleted(launcher, pods, redis_client,
+                                                                                settings, keys) -> None:
+    old_uid = pods.add(NS, pod_of(KEY, "d1"))["metadata"]["uid"]
+    pods.set_phase(NS, POD, "Succeeded")
+
+    def replace() -> None:  # another launcher replaced it first, with this dispatch's pod
+        pods.remove(NS, POD)
+        pods.add(NS, pod_of(KEY, "d2"))
+
+    pods.on_next("delete", replace)
+    dispatch(redis_client, settings, dispatch_id="d2")
+    handle_all(launcher)
+    assert [c.uid for c in pods.calls_of("delete")] == [old_uid]  # 409 (precondition): nothing deleted
+    assert pods.pod(NS, POD)["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
+    assert pending(redis_client, keys) == 0 and launcher.metrics.snapshot()["already_exists_total"] == 1
+
+
+def test_a_launch_superseded_after_its_verdict_leaves_the_newer_dispatchs_pod_alone(launcher, pods, redis_client,
+                                                                                    settings, keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    works = launcher.prepare(launcher.consumer.read_new(10, 10))  # d1 may go ahead...
+    dispatch(redis_client, settings, dispatch_id="d2")  # ...then the task is requeued, launched and done
+    pods.add(NS, pod_of(KEY, "d2"))
+    pods.set_phase(NS, POD, "Succeeded")
+    for work in works:
+        launcher.handle(work)
+    launcher.consumer.ack(launcher.settled())
+    assert pods.calls_of("delete") == []
+    assert pods.pod(NS, POD)["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
+    assert pending(redis_client, keys) == 0 and launcher.metrics.snapshot()["skipped_total"] == 1
+
+
+# -- a reclaimed launch whose task already finished ------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [TaskState.SUCCEEDED, TaskState.FAILED])
+def test_a_reclaimed_launch_whose_task_already_finished_creates_no_pod(launcher, pods, redis_client, settings,
+                                                                       keys, state) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    (entry,) = launcher.consumer.read_new(10, 10)
+    # meanwhile another launcher created the pod, the task ran, the watcher published its end and
+    # deleted the pod; this launcher held the entry all along (or reclaims it now)
+    store = TaskStore(redis_client, keys, settings)
+    end = TaskStateChanged(KEY, state, "", POD, NS, time.time())
+    assert store.publish(end, "d1").published
+    handle_entries(launcher, [entry])
+    assert pods.calls == []
+    assert pending(redis_client, keys) == 0
+    assert launcher.metrics.snapshot()["skipped_total"] == 1
+
+
+def test_a_later_dispatch_of_a_finished_task_is_launched(launcher, pods, redis_client, settings, keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    store = TaskStore(redis_client, keys, settings)
+    assert store.publish(TaskStateChanged(KEY, TaskState.SUCCEEDED, "", POD, NS, time.time()), "d1").published
+    dispatch(redis_client, settings, dispatch_id="d2")  # e.g. the next poke of a reschedule-mode sensor
+    handle_all(launcher)
+    assert pods.pod(NS, POD)["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
+    assert pending(redis_client, keys) == 0
+
+
+# -- the consumer ----------------------------------------------------------------------------------------
+
+
+def test_own_pending_entries_come_back_a_batch_at_a_time_with_their_counts(launcher, redis_client, settings,
+                                                                           keys) -> None:
+    for i in range(5):
+        dispatch(redis_client, settings, TaskKey("dag", f"t{i}", "run-1", 1))
+    first = launcher.consumer.read_new(10, 10)  # delivered once, then this launcher "restarts"
+    redis_client.xclaim(keys.launch("default"), LAUNCH_GROUP, launcher.name, 0, [first[0].entry_id])
+    restarted = Launcher(settings, redis_client, None, name=launcher.name, pods=FakePodApi())
+    batches = [restarted.consumer.own_pending(2) for _ in range(4)]
+    assert [len(b) for b in batches] == [2, 2, 1, 0]
+    assert [e.entry_id for b in batches for e in b] == [e.entry_id for e in first]
+    assert [e.deliveries for b in batches for e in b] == [3, 2, 2, 2, 2]  # reading them again is a delivery
