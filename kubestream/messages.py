@@ -7,11 +7,18 @@ Every stream entry has one field, ``m``, holding ``encode(message)``.
 Any decoding failure (not msgpack, wrong shape, unknown type, unknown schema
 version, wrong field types) raises ``DecodeError``; whatever part of the key
 could be read is attached so the consumer can still fail the right task.
+
+Schema versions (rolling upgrades, docs/architecture.md "Messages"): a build of
+``SCHEMA_VERSION`` N reads N-1 and N (``readable_versions``; ``_UPGRADES`` turns
+a map of each readable version into this build's fields), writes commands at N
+and events at ``EVENT_VERSION`` (N-1, the oldest it reads), so that launchers
+and the watcher can be upgraded before the schedulers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, cast
@@ -21,7 +28,33 @@ import msgpack
 from kubestream.taskkey import TaskKey
 
 SCHEMA_VERSION = 1
+"""The version this build writes its commands (launch, revoke) at: the newest it reads."""
+FIRST_VERSION = 1  # no message ever carried an older one
 FIELD = b"m"
+
+MessageMap = dict[str, Any]
+
+
+def readable_versions(current: int = SCHEMA_VERSION) -> tuple[int, ...]:
+    """The rule: a build of version N reads N-1 and N (never one before ``FIRST_VERSION``)."""
+    return tuple(v for v in (current - 1, current) if v >= FIRST_VERSION)
+
+
+def _as_is(data: MessageMap) -> MessageMap:
+    return data
+
+
+# Readable versions -> the function turning a map of that version into one of this build's fields. On a
+# bump to N+1: add N+1 (``_as_is``), give N a real upgrade (rename, default, convert what changed), drop
+# N-1; ``_DOWNGRADES`` gets the N entry (this build's event fields written as N) and drops N-1.
+# ``test_core`` checks both tables against the rule.
+_UPGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is}
+READABLE_VERSIONS = tuple(sorted(_UPGRADES))
+
+# Events (``state``: launchers and watcher -> schedulers) are written at the oldest readable version, so a
+# scheduler one version behind still reads what upgraded launchers and watchers write.
+EVENT_VERSION = min(READABLE_VERSIONS)
+_DOWNGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is}
 
 
 class DecodeError(ValueError):
@@ -118,8 +151,13 @@ def _key_from(data: dict[str, Any]) -> TaskKey:
     return TaskKey(dag_id, task_id, run_id, try_number, map_index)
 
 
+def write_version(message: Message) -> int:
+    """The version ``message`` is written at: ``SCHEMA_VERSION`` for commands, ``EVENT_VERSION`` for events."""
+    return EVENT_VERSION if isinstance(message, TaskStateChanged) else SCHEMA_VERSION
+
+
 def encode(message: Message) -> bytes:
-    data: dict[str, Any] = {"v": SCHEMA_VERSION}
+    data: MessageMap = {}
     for f in dataclasses.fields(message):
         value = getattr(message, f.name)
         if f.name == "key":
@@ -127,7 +165,10 @@ def encode(message: Message) -> bytes:
         elif isinstance(value, Enum):
             value = value.value
         data[f.name] = value
-    return cast(bytes, msgpack.packb(data, use_bin_type=True))
+    version = write_version(message)
+    if version != SCHEMA_VERSION:
+        data = _DOWNGRADES[version](data)
+    return cast(bytes, msgpack.packb({"v": version, **data}, use_bin_type=True))
 
 
 def decode(raw: bytes) -> Message:
@@ -138,8 +179,14 @@ def decode(raw: bytes) -> Message:
     if not isinstance(data, dict):
         raise DecodeError(f"expected a map, got {type(data).__name__}")
     version = data.get("v")
-    if version != SCHEMA_VERSION:
-        raise DecodeError(f"unknown schema version {version!r} (this build reads {SCHEMA_VERSION})", data)
+    upgrade = _UPGRADES.get(version) if isinstance(version, int) and not isinstance(version, bool) else None
+    if upgrade is None:
+        reads = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise DecodeError(f"unknown schema version {version!r} (this build reads {reads})", data)
+    try:
+        data = upgrade(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"version {version} message: {type(exc).__name__}: {exc}", data) from None
     cls = _TYPES.get(data.get("type"))  # type: ignore[arg-type]
     if cls is None:
         raise DecodeError(f"unknown message type {data.get('type')!r}", data)

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from devkit.workloads import jwt_with
+from kubestream import messages
 from kubestream.keys import Keys
 from kubestream.messages import DecodeError, LaunchTask, RevokeTask, TaskState, TaskStateChanged, decode, encode
 from kubestream.settings import Settings, SettingsError, markdown_table
@@ -61,6 +62,11 @@ def test_messages_round_trip() -> None:
     (b"\xc1garbage", "not msgpack", False),
     (msgpack.packb([1, 2]), "expected a map", False),
     (msgpack.packb({"v": 99, "type": "launch", "key": ["d", "t", "r", 1, -1]}), "unknown schema version 99", True),
+    (msgpack.packb({"v": messages.SCHEMA_VERSION + 1, "type": "launch", "key": ["d", "t", "r", 1, -1]}),
+     f"unknown schema version {messages.SCHEMA_VERSION + 1} (this build reads 1)", True),
+    (msgpack.packb({"v": 0, "type": "launch", "key": ["d", "t", "r", 1, -1]}), "unknown schema version 0", True),
+    (msgpack.packb({"v": True, "type": "launch", "key": ["d", "t", "r", 1, -1]}), "unknown schema version True",
+     True),
     (msgpack.packb({"v": 1, "type": "nope", "key": ["d", "t", "r", 1, -1]}), "unknown message type", True),
     (msgpack.packb({"v": 1, "type": "launch", "key": ["d", "t", "r", "1", -1]}), "invalid LaunchTask", False),
     (msgpack.packb({"v": 1, "type": "launch", "key": ["d", "t", "r", 1, -1], "queue": "q", "scheduler_id": "s",
@@ -75,6 +81,44 @@ def test_decode_errors_are_typed_and_keep_the_key(raw: bytes, fragment: str, has
         decode(raw)
     assert fragment in str(err.value)
     assert (err.value.key() is not None) == has_key
+
+
+def test_a_build_reads_its_own_schema_version_and_the_one_before() -> None:
+    assert messages.readable_versions(1) == (1,)  # no version 0 ever existed
+    assert messages.readable_versions(2) == (1, 2)  # the next bump keeps reading 1
+    assert messages.readable_versions(7) == (6, 7)
+    # the tables follow the rule: bumping SCHEMA_VERSION without them fails here
+    assert messages.READABLE_VERSIONS == messages.readable_versions(messages.SCHEMA_VERSION)
+    assert messages.EVENT_VERSION == messages.READABLE_VERSIONS[0]
+    assert messages.EVENT_VERSION in messages._DOWNGRADES
+    key = TaskKey("d", "t", "r", 2, 5)
+    for version in messages.READABLE_VERSIONS:
+        raw = msgpack.packb({"v": version, "type": "revoke", "key": ["d", "t", "r", 2, 5], "queue": "q"})
+        assert decode(raw) == RevokeTask(key, "q")
+
+
+def test_a_rolling_upgrade_to_the_next_version_keeps_both_builds_reading_each_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build N+1 (simulated: the tables as the next bump sets them) next to build N: launchers and watcher
+    run N+1 first, schedulers N until they are upgraded too."""
+    key = TaskKey("d", "t", "r", 2, 5)
+    launch = LaunchTask(key, "q", "s", "{}", "ext")
+    event = TaskStateChanged(key, TaskState.RUNNING, "", "p", "ns", 1.0)
+    old_launch, old_event = encode(launch), encode(event)  # written by build N
+    n = messages.SCHEMA_VERSION
+    monkeypatch.setattr(messages, "SCHEMA_VERSION", n + 1)
+    monkeypatch.setattr(messages, "_UPGRADES", {n: messages._as_is, n + 1: messages._as_is})
+    monkeypatch.setattr(messages, "READABLE_VERSIONS", (n, n + 1))
+    monkeypatch.setattr(messages, "EVENT_VERSION", n)
+    monkeypatch.setattr(messages, "_DOWNGRADES", {n: messages._as_is})
+    assert decode(old_launch) == launch and decode(old_event) == event  # N+1 reads what N writes
+    new_launch, new_event = encode(launch), encode(event)
+    assert msgpack.unpackb(new_launch)["v"] == n + 1
+    assert msgpack.unpackb(new_event)["v"] == n  # events stay readable by schedulers still on N
+    monkeypatch.undo()
+    assert decode(new_event) == event  # a scheduler on N reads an upgraded watcher's events
+    with pytest.raises(DecodeError, match=f"unknown schema version {n + 1}"):
+        decode(new_launch)  # hence schedulers last: launchers on N could not read N+1 launches
 
 
 @pytest.mark.parametrize("env, fragment", [
