@@ -61,7 +61,7 @@ def cmd_launcher(args: argparse.Namespace) -> int:
                         api_client(settings.kube_config, settings.kube_context, pool_size=settings.launch_concurrency))
     _on_signals(launcher.stop)
     if settings.metrics_port:
-        serve_http(settings.metrics_port, launcher.metrics, launcher.heartbeat.healthy)
+        serve_http(settings.metrics_host, settings.metrics_port, launcher.metrics, launcher.heartbeat.healthy)
     launcher.run(until_idle=args.until_idle)
     return 0
 
@@ -80,7 +80,7 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     watcher = Watcher(settings, connect(settings), api_client(settings.kube_config, settings.kube_context))
     _on_signals(watcher.stop)
     if settings.metrics_port:
-        serve_http(settings.metrics_port, watcher.metrics, watcher.heartbeat.healthy)
+        serve_http(settings.metrics_host, settings.metrics_port, watcher.metrics, watcher.heartbeat.healthy)
     try:
         watcher.run()
     except WatcherFailed as exc:  # the lease is given up: a standby (or this one, restarted) takes over

@@ -121,7 +121,7 @@ def check(client: redis.Redis, pattern: str, max_age: float) -> list[str]:
     return fresh
 
 
-def serve_http(port: int, metrics: Metrics, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+def serve_http(host: str, port: int, metrics: Metrics, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/healthz":
@@ -140,6 +140,6 @@ def serve_http(port: int, metrics: Metrics, healthy: Callable[[], bool]) -> Thre
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

@@ -257,6 +257,11 @@ class Settings:
     stale_after_seconds: float = field(default=3600.0, metadata=_doc(
         "Janitor: a result stream of a scheduler gone this long, or a consumer idle this long with nothing "
         "pending, is deleted.", _float(60)))
+    metrics_host: str = field(default="127.0.0.1", metadata=_doc(
+        "Launcher/watcher: address /healthz and /metrics listen on (the manifests use the pod's IP).", _str))
+    max_message_bytes: int = field(default=1_048_576, metadata=_doc(
+        "Largest encoded launch message: the executor fails a task whose message is larger, launchers "
+        "dead-letter one they read.", _int(1024)))
     metrics_port: int = field(default=0, metadata=_doc(
         "Launcher/watcher: HTTP port for /healthz and /metrics (Prometheus text). 0: disabled.", _int(0)))
     consumer_name: str = field(default="", metadata=_doc(

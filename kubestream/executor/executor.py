@@ -162,7 +162,11 @@ class KubeStreamExecutor(BaseExecutor):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
                 msg = launch_message(w, self.scheduler_id)
-                launches.append((w.ti.key, msg, encode(msg)))
+                raw = encode(msg)
+                if len(raw) > self.settings.max_message_bytes:
+                    raise ExecutorConfigError(f"the launch message is {len(raw)} bytes, over max_message_bytes="
+                                              f"{self.settings.max_message_bytes} (pod_override or template too big)")
+                launches.append((w.ti.key, msg, raw))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
                 reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
@@ -293,7 +297,8 @@ class KubeStreamExecutor(BaseExecutor):
         assert self.redis is not None and self.keys is not None
         try:
             self.redis.xadd(self.keys.dead, {"reason": f"result: {reason}", "stream": self.results_stream,
-                                             "entry": eid, "m": (fields or {}).get(FIELD, b"")})
+                                             "entry": eid, "m": (fields or {}).get(FIELD, b"")},
+                            maxlen=self.settings.dead_letters_maxlen if self.settings else None)
         except redis.RedisError as exc:
             self.log.warning("could not dead-letter result %s: %s", eid, exc)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from kubestream import __version__
 
+SENSITIVE = frozenset({"redis_url"})
+
 
 def get_provider_info() -> dict[str, Any]:
     from kubestream.settings import FIELDS, format_value
@@ -18,7 +20,9 @@ def get_provider_info() -> dict[str, Any]:
     options = {}
     for f in FIELDS:
         options[f.name] = {"description": f.metadata["doc"], "version_added": "0.1.0", "type": "string",
-                           "example": None, "default": format_value(f.default)}
+                           "example": None, "default": format_value(f.default),
+                           # credentials: hidden by `airflow config list`, and _cmd / _secret work for it
+                           "sensitive": f.name in SENSITIVE}
     return {
         "package-name": "kubestream",
         "name": "kubestream",

@@ -210,3 +210,16 @@ def test_a_final_state_whose_result_entry_was_lost_is_applied_from_the_record(ma
     redis_client.xtrim(ex.results_stream, maxlen=0)  # the entry is gone (trimmed, lost in a failover)
     wait_for(lambda: driver.step() or w.ti.key in driver.finals(), timeout=60, what="the lost result to be applied")
     assert driver.finals()[w.ti.key] == "failed" and driver.failures(w.ti.key) == ["OOMKilled"]
+
+
+def test_a_launch_message_over_the_size_cap_fails_its_task_only(make_executor, redis_client, keys) -> None:
+    ex = make_executor(max_message_bytes="4096")
+    big = workload("size", "big", executor_config={"pod_override": {"metadata": {"annotations": {
+        "blob": "x" * 10_000}}}})
+    small = workload("size", "small")
+    driver = Driver(ex)
+    driver.submit([big, small])
+    driver.step()
+    assert driver.finals() == {big.ti.key: "failed"}
+    assert "over max_message_bytes=4096" in driver.failures(big.ti.key)[0]
+    assert small.ti.key in ex.running and redis_client.xlen(keys.launch("default")) == 1
