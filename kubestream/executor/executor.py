@@ -161,7 +161,7 @@ class KubeStreamExecutor(BaseExecutor):
             if not isinstance(w, ExecuteTask):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
-                msg = launch_message(w, self.scheduler_id)
+                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir)
                 raw = encode(msg)
                 if len(raw) > self.settings.max_message_bytes:
                     raise ExecutorConfigError(f"the launch message is {len(raw)} bytes, over max_message_bytes="

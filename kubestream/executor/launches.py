@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from kubestream.executor.airflowtypes import WorkloadLike
 from kubestream.messages import LaunchTask
 from kubestream.taskkey import TaskKey
+from kubestream.workers.policyload import template_file_allowed
 
 
 class ExecutorConfigError(ValueError):
@@ -39,9 +41,10 @@ def pod_to_dict(pod: Any) -> dict[str, Any]:
 
 
 def executor_config_parts(
-    executor_config: dict[str, Any] | None,
+    executor_config: dict[str, Any] | None, template_dir: str = "",
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(pod_override, pod_template) from a KubernetesExecutor-style executor_config."""
+    """(pod_override, pod_template) from a KubernetesExecutor-style executor_config; a ``pod_template_file``
+    must lie inside ``template_dir`` when one is configured (``pod_template_dir``)."""
     if not executor_config:
         return None, None
     if not isinstance(executor_config, dict):
@@ -52,6 +55,8 @@ def executor_config_parts(
     override = executor_config.get("pod_override")
     template = None
     if path := executor_config.get("pod_template_file"):
+        if not template_file_allowed(str(path), template_dir):
+            raise ExecutorConfigError(f"pod_template_file {path!r} is outside pod_template_dir {template_dir!r}")
         try:
             template = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
@@ -61,10 +66,10 @@ def executor_config_parts(
     return (pod_to_dict(override) if override is not None else None), template
 
 
-def launch_message(workload: Any, scheduler_id: str) -> LaunchTask:
+def launch_message(workload: WorkloadLike, scheduler_id: str, template_dir: str = "") -> LaunchTask:
     """The LaunchTask for one ExecuteTask workload."""
     ti = workload.ti
-    override, template = executor_config_parts(ti.executor_config)
+    override, template = executor_config_parts(ti.executor_config, template_dir)
     return LaunchTask(
         key=task_key(ti.key),
         queue=ti.queue or "default",

@@ -223,3 +223,25 @@ def test_a_launch_message_over_the_size_cap_fails_its_task_only(make_executor, r
     assert driver.finals() == {big.ti.key: "failed"}
     assert "over max_message_bytes=4096" in driver.failures(big.ti.key)[0]
     assert small.ti.key in ex.running and redis_client.xlen(keys.launch("default")) == 1
+
+
+def test_a_pod_template_file_outside_pod_template_dir_fails_its_task(make_executor, redis_client, keys,
+                                                                     tmp_path) -> None:
+    allowed = tmp_path / "templates"
+    allowed.mkdir()
+    inside = allowed / "ok.yaml"
+    inside.write_text("apiVersion: v1\nkind: Pod\nmetadata: {}\n")
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("apiVersion: v1\nkind: Pod\nmetadata: {}\n")
+    (allowed / "escape.yaml").symlink_to(outside)
+    ex = make_executor(pod_template_dir=str(allowed))
+    good = workload("tpl", "inside", executor_config={"pod_template_file": str(inside)})
+    bad = [workload("tpl", "outside", executor_config={"pod_template_file": str(outside)}),
+           workload("tpl", "dotdot", executor_config={"pod_template_file": f"{allowed}/../elsewhere.yaml"}),
+           workload("tpl", "symlink", executor_config={"pod_template_file": str(allowed / "escape.yaml")})]
+    driver = Driver(ex)
+    driver.submit([good, *bad])
+    driver.step()
+    assert driver.finals() == {w.ti.key: "failed" for w in bad}
+    assert all("outside pod_template_dir" in driver.failures(w.ti.key)[0] for w in bad)
+    assert good.ti.key in ex.running and redis_client.xlen(keys.launch("default")) == 1
