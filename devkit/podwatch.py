@@ -71,6 +71,8 @@ class PodLedger:
         self.relists = 0
         self._lock = threading.Condition()
         self._by_uid: dict[str, PodRecord] = {}
+        self._by_name: dict[str, list[PodRecord]] = {}
+        self._started: set[tuple[str, str]] = set()  # (name, dispatch) seen Running or finished
         self._rv = 0  # the newest resourceVersion whose changes are recorded
         self._ticks = 0
         self._stopping = threading.Event()
@@ -103,9 +105,10 @@ class PodLedger:
             self._thread.join(timeout=15)
 
     # -- questions ---------------------------------------------------------------------------
-    def records(self) -> list[PodRecord]:
+    def records(self, name: str | None = None) -> list[PodRecord]:
+        """Every pod object seen (of that name, when given)."""
         with self._lock:
-            return list(self._by_uid.values())
+            return list(self._by_uid.values()) if name is None else list(self._by_name.get(name, ()))
 
     def creations(self) -> Counter[tuple[str, str]]:
         """(pod name, dispatch) -> distinct pod objects seen."""
@@ -115,14 +118,13 @@ class PodLedger:
     def outcome(self, name: str) -> str | None:
         """What the newest finished pod named ``name`` did ("success" / "failed"), None if none finished."""
         with self._lock:
-            done = [r for r in self._by_uid.values() if r.name == name and r.finished_at is not None]
+            done = [r for r in self._by_name.get(name, ()) if r.finished_at is not None]
         return max(done, key=lambda r: r.finished_at or 0.0).outcome if done else None
 
     def started(self, name: str, dispatch: str) -> bool:
         """A pod of this name and dispatch was seen Running or finished."""
         with self._lock:
-            return any(r.name == name and r.dispatch == dispatch and r.phases & {"Running", *FINISHED}
-                       for r in self._by_uid.values())
+            return (name, dispatch) in self._started
 
     def catch_up(self, timeout: float = 30.0) -> bool:
         """Wait until every change made before this call is recorded; False if the API did not answer or
@@ -203,9 +205,12 @@ class PodLedger:
             if record is None:
                 dispatch = str((meta.get("annotations") or {}).get(DISPATCH_ANNOTATION) or "")
                 record = self._by_uid[uid] = PodRecord(str(meta.get("name")), uid, dispatch, time.monotonic())
+                self._by_name.setdefault(record.name, []).append(record)
             phase = str(status.get("phase") or "")
             if phase:
                 record.phases.add(phase)
+                if phase == "Running" or phase in FINISHED:
+                    self._started.add((record.name, record.dispatch))
                 if phase in FINISHED and record.finished_at is None:
                     record.finished_at = time.monotonic()
 
