@@ -8,7 +8,8 @@
 - a delete whose uid precondition names another pod is 409 Conflict;
 - a list honours ``k=v`` / ``k!=v`` / ``k`` label selectors and pages with continue tokens;
 - a watch replays the changes after its resourceVersion and ends (as at the server's
-  timeout); a resourceVersion older than ``compact()`` made it is ``Gone`` (410).
+  timeout), after ``watch_idle_seconds`` without events (0: at once; an ``interrupt()`` ends
+  the wait); a resourceVersion older than ``compact()`` made it is ``Gone`` (410).
 
 Tests script the rest: ``fail_next(verb, *errors)`` queues errors for the next calls of a
 verb (e.g. a 429 with Retry-After, then success), ``on_next(verb, action)`` changes things
@@ -67,7 +68,8 @@ class Call:
 class FakePodApi:
     """Pods in memory behind the ``PodApi`` surface (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, watch_idle_seconds: float = 0.0) -> None:
+        self.watch_idle_seconds = watch_idle_seconds
         self._lock = threading.Lock()
         self._pods: dict[str, dict[str, Pod]] = defaultdict(dict)
         self._rv = 0
@@ -194,7 +196,7 @@ class FakePodApi:
                 events = [(etype, p) for rv, etype, p in self._changes
                           if rv > start and (not namespace or p["metadata"]["namespace"] == namespace)]
             return FakeWatch([{"type": etype, "object": copy.deepcopy(p)} for etype, p in events
-                              if _selected(p, label_selector)])
+                              if _selected(p, label_selector)], idle_seconds=self.watch_idle_seconds)
 
     # -- internals -------------------------------------------------------------------------------------
     def _before(self, verb: str) -> None:
@@ -233,10 +235,12 @@ class FakePodApi:
 
 
 class FakeWatch:
-    """The events of one watch request; ``interrupt()`` ends the iteration (any thread)."""
+    """The events of one watch request, then ``idle_seconds`` without any; ``interrupt()`` ends the
+    iteration (any thread)."""
 
-    def __init__(self, events: list[dict[str, Any]]) -> None:
+    def __init__(self, events: list[dict[str, Any]], *, idle_seconds: float = 0.0) -> None:
         self._events = events
+        self._idle_seconds = idle_seconds
         self._interrupted = threading.Event()
 
     @property
@@ -251,6 +255,7 @@ class FakeWatch:
             if self._interrupted.is_set():
                 return
             yield event
+        self._interrupted.wait(self._idle_seconds)
 
 
 def _selected(pod: Pod, selector: str) -> bool:

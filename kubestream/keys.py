@@ -55,12 +55,22 @@ class Keys:
 
     @property
     def live(self) -> str:
-        """Set of "<namespace>/<pod>" whose last published state is pending or running."""
+        """Set of "<namespace>/<pod>/<dispatch>" whose last published state is pending or running."""
         return f"{self.base}:live"
+
+    @property
+    def data_epoch(self) -> str:
+        """A random value written once: when it changes or vanishes, Redis lost its data."""
+        return f"{self.base}:epoch"
 
     def resource_version(self, namespace: str) -> str:
         """The watcher's checkpointed resourceVersion for one namespace."""
         return f"{self.base}:watcher:rv:{namespace}"
+
+    @property
+    def watcher_fence(self) -> str:
+        """The lease holder's token and the lease epoch (hash; the epoch grows on every acquisition)."""
+        return f"{self.watcher_lease}:fence"
 
     @property
     def watcher_lease(self) -> str:

@@ -12,8 +12,15 @@ events from a pod of an older dispatch of the same key are dropped.
 
 Every state change goes through ``publish`` (``kubestream/lua/_publish.lua``,
 shared by ``publish.lua`` and ``fail_launch.lua``): look up the owner, drop
-duplicates / regressions / events after a final state or a revoke, update the
-record and XADD the event to ``{prefix}:results:<owner>`` in one atomic step.
+events of another dispatch than the record's, duplicates / regressions / events
+after a final state or a revoke, update the record and XADD the event to
+``{prefix}:results:<owner>`` in one atomic step. The live set ``{prefix}:live``
+holds ``<namespace>/<pod>/<dispatch>`` of tasks last published pending or
+running. The record expires ``final_record_ttl_seconds`` after a final state.
+
+The watcher's writes carry a ``Fence`` (its lease token and epoch): the scripts
+refuse them (``NOT_LEASE_HOLDER``) once that process no longer holds the lease.
+Launchers publish (failed launches) without one.
 Adoption (``adopt.lua``) rewrites ``owner`` and reads the last state in one
 atomic step too, so no event falls between. Result stream names are derived
 from the owner inside the scripts; they share the prefix's hash slot, so this
@@ -23,6 +30,7 @@ also holds on Redis Cluster.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +44,37 @@ from kubestream.messages import TaskState, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.taskkey import TaskKey
 from kubestream.text import as_text, decode_hash
+
+NOT_LEASE_HOLDER = "not the lease holder"  # Published.detail of a fenced write refused
+LIVE_STATES = ("pending", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The watcher lease a write is made under: ``token`` (unique per process) and ``epoch`` (grows on
+    every acquisition). The scripts refuse the write unless the lease is still held under both."""
+
+    token: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMember:
+    """One member of ``{prefix}:live``: ``<namespace>/<pod>/<dispatch>``. ``dispatch`` is None for a member
+    written before members carried it (``<namespace>/<pod>``)."""
+
+    namespace: str
+    pod: str
+    dispatch: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> LiveMember:
+        parts = text.split("/", 2)
+        return cls(parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else None)
+
+    def __str__(self) -> str:
+        base = f"{self.namespace}/{self.pod}"
+        return base if self.dispatch is None else f"{base}/{self.dispatch}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +94,7 @@ class TaskStore:
         self._publish = Script(client, "publish.lua")
         self._fail_launch = Script(client, "fail_launch.lua")
         self._adopt = Script(client, "adopt.lua")
+        self._live_remove = Script(client, "live_remove.lua")
 
     # -- executor side ---------------------------------------------------------------
     def record_dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
@@ -118,38 +158,62 @@ class TaskStore:
                 verdicts.append("revoked" if revoked == b"1" else "")
         return verdicts
 
-    def publish(self, event: TaskStateChanged, dispatch: str = "") -> Published:
+    def publish(self, event: TaskStateChanged, dispatch: str | None = None, *,
+                fence: Fence | None = None) -> Published:
         """Atomically: drop if not new (or from another dispatch's pod), else update the last
-        state and send to the owner."""
-        return _published(self._publish(task=self.keys.task(event.key.pod_name()), **self._event_args(event, dispatch)))
+        state and send to the owner.
+
+        ``dispatch``: the dispatch of the event's pod, which must be the record's ("" for a pod without
+        one); None: whatever dispatch the record has. ``fence``: the watcher's lease; the write is refused
+        (detail ``NOT_LEASE_HOLDER``, nothing written) once it no longer holds."""
+        return _published(self._publish(
+            task=self.keys.task(event.key.pod_name()), **self._event_args(event, dispatch or ""),
+            any_dispatch="1" if dispatch is None else "0",
+            token=fence.token if fence else "", epoch=str(fence.epoch) if fence else "",
+        ))
 
     def fail_launch(self, stream: str, entry_id: str, event: TaskStateChanged | None,
-                    *, dead_reason: str = "", raw: bytes = b"") -> Published:
+                    *, dead_reason: str = "", raw: bytes = b"", dispatch: str = "") -> Published:
         """Acknowledge a launch entry that ends without a pod, dead-letter it if asked,
         and publish ``event`` (a FAILED state), atomically. Without an event nothing is
-        published (the task is unknown)."""
+        published (the task is unknown). ``dispatch``: the launch's dispatch; the state is
+        dropped when the record's current dispatch is another one ("" = whatever it is)."""
         return _published(self._fail_launch(
             stream=stream, task=self.keys.task(event.key.pod_name() if event else "-"), dead=self.keys.dead,
             group=LAUNCH_GROUP, entry=entry_id, dead_reason=dead_reason, raw=raw,
-            **self._event_args(event, dispatch=""),
+            dead_maxlen=self.settings.dead_letters_maxlen, **self._event_args(event, dispatch),
         ))
 
     def _event_args(self, event: TaskStateChanged | None, dispatch: str) -> dict[str, EncodableT]:
         """The ARGV of ``_publish.lua``'s ``publish`` by name; state '' when there is no event."""
         if event is None:
             return {"base": self.keys.base, "state": "", "reason": "", "event": "", "maxlen": 0, "ttl": 0,
-                    "now": 0, "live_member": "", "dispatch": dispatch}
+                    "now": 0, "live_pod": "", "dispatch": dispatch}
         return {
             "base": self.keys.base, "state": event.state.value, "reason": event.reason[:2000],
-            "event": encode(event), "maxlen": self.settings.results_maxlen, "ttl": self.settings.task_ttl_seconds,
+            "event": encode(event), "maxlen": self.settings.results_maxlen,
+            "ttl": min(self.settings.final_record_ttl_seconds, self.settings.task_ttl_seconds),
             "now": f"{time.time():.3f}",
-            "live_member": f"{event.namespace}/{event.pod_name}" if event.namespace else "",
+            "live_pod": f"{event.namespace}/{event.pod_name}" if event.namespace else "",
             "dispatch": dispatch,
         }
 
-    def live_pods(self) -> set[tuple[str, str]]:
-        """(namespace, pod) of tasks last published pending or running."""
-        return {tuple(as_text(m).split("/", 1)) for m in self.redis.smembers(self.keys.live)}  # type: ignore[misc]
+    def live_members(self) -> set[LiveMember]:
+        """The tasks last published pending or running."""
+        return {LiveMember.parse(as_text(m)) for m in self.redis.smembers(self.keys.live)}
+
+    def remove_live(self, member: LiveMember, fence: Fence) -> bool:
+        """Drop ``member`` from the live set; False (nothing written) once ``fence`` no longer holds the lease."""
+        return bool(self._live_remove(live=self.keys.live, base=self.keys.base, token=fence.token,
+                                      epoch=str(fence.epoch), member=str(member)))
+
+    def data_epoch(self) -> str:
+        """The value of ``{prefix}:epoch``, written now (a random one) if it is missing: a value that changes
+        while a process runs means Redis lost its data."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.keys.data_epoch, uuid.uuid4().hex, nx=True)
+        pipe.get(self.keys.data_epoch)
+        return as_text(pipe.execute()[1])
 
     def record(self, pod_name: str) -> dict[str, str]:
         return decode_hash(self.redis.hgetall(self.keys.task(pod_name)))

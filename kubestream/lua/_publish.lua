@@ -13,33 +13,43 @@
 --   ev.maxlen        approximate MAXLEN of the result stream
 --   ev.ttl           seconds the task hash lives after a final state
 --   ev.now           epoch seconds, stored as `updated`
---   ev.live_member   "<namespace>/<pod>" for the {p}:live set ('' = none)
---   ev.dispatch      the dispatch id the event's pod belongs to ('' = any)
--- It drops the event for an unknown task, a pod of another dispatch, a revoked task,
+--   ev.live_pod      "<namespace>/<pod>" ('' = none): the {p}:live member is "<namespace>/<pod>/<dispatch>"
+--   ev.dispatch      the dispatch id the event's pod belongs to ('' for a pod without one)
+--   ev.any_dispatch  true: the event belongs to whatever dispatch the record has (ev.dispatch ignored)
+-- It drops the event for an unknown task, another dispatch than the record's, a revoked task,
 -- a duplicate, anything after a final state and a regression (running after succeeded).
+-- A final state removes its {p}:live member whether it is published or dropped (the pod is done).
 -- Returns {1, entry id, owner} when published, {0, why} otherwise.
 
 local function publish(task, base, ev)
   local rec = redis.call('HMGET', task, 'owner', 'state', 'revoked', 'dispatch')
-  local owner, last, revoked, current = rec[1], rec[2], rec[3], rec[4]
-  if not owner then return {0, 'unknown task'} end
-  if ev.dispatch ~= '' and current and current ~= '' and current ~= ev.dispatch then
-    return {0, 'stale dispatch'}
+  local owner, last, revoked, current = rec[1], rec[2], rec[3], rec[4] or ''
+  local dispatch = ev.dispatch
+  if ev.any_dispatch then dispatch = current end
+  local final = ev.state == 'succeeded' or ev.state == 'failed'
+  local live = base .. ':live'
+  local member = ''
+  if ev.live_pod ~= '' then member = ev.live_pod .. '/' .. dispatch end
+  local function drop(why)
+    if final and member ~= '' then redis.call('SREM', live, member) end
+    return {0, why}
   end
-  if revoked == '1' then return {0, 'revoked'} end
-  if last == ev.state then return {0, 'duplicate'} end
-  if last == 'succeeded' or last == 'failed' then return {0, 'already final: ' .. last} end
+  if not owner then return drop('unknown task') end
+  if dispatch ~= current then return drop('stale dispatch') end
+  if revoked == '1' then return drop('revoked') end
+  if last == ev.state then return drop('duplicate') end
+  if last == 'succeeded' or last == 'failed' then return drop('already final: ' .. last) end
   local rank = {queued = 0, pending = 1, running = 2, succeeded = 3, failed = 3}
   if last and rank[last] and rank[ev.state] < rank[last] then
-    return {0, 'stale: ' .. ev.state .. ' after ' .. last}
+    return drop('stale: ' .. ev.state .. ' after ' .. last)
   end
   redis.call('HSET', task, 'state', ev.state, 'reason', ev.reason, 'updated', ev.now)
   local id = redis.call('XADD', base .. ':results:' .. owner, 'MAXLEN', '~', ev.maxlen, '*', 'm', ev.event)
-  if ev.state == 'succeeded' or ev.state == 'failed' then
+  if final then
     redis.call('EXPIRE', task, ev.ttl)
-    redis.call('SREM', base .. ':live', ev.live_member)
-  elseif ev.live_member ~= '' then
-    redis.call('SADD', base .. ':live', ev.live_member)
+    if member ~= '' then redis.call('SREM', live, member) end
+  elseif member ~= '' then
+    redis.call('SADD', live, member)
   end
   return {1, id, owner}
 end

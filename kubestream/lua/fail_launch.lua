@@ -9,15 +9,17 @@
 -- ARGV[2] entry: the launch entry's id
 -- ARGV[3] dead_reason: why it is dead-lettered ('' = no dead letter)
 -- ARGV[4] raw: the raw launch message, kept in the dead letter
--- ARGV[5] base: the key base "{p}"; {p}:results:<owner> and {p}:live are derived from it
--- ARGV[6] state: the state to publish, failed ('' = publish nothing: the task is unknown)
--- ARGV[7] reason: the reason stored with the state
--- ARGV[8] event: the encoded TaskStateChanged
--- ARGV[9] maxlen: approximate MAXLEN of the result stream
--- ARGV[10] ttl: seconds the task hash lives after a final state
--- ARGV[11] now: epoch seconds, stored as `updated`
--- ARGV[12] live_member: "<namespace>/<pod>" for the {p}:live set ('' = none)
--- ARGV[13] dispatch: the dispatch id the event's pod belongs to ('' = any)
+-- ARGV[5] dead_maxlen: approximate MAXLEN of the dead-letter stream
+-- ARGV[6] base: the key base "{p}"; {p}:results:<owner> and {p}:live are derived from it
+-- ARGV[7] state: the state to publish, failed ('' = publish nothing: the task is unknown)
+-- ARGV[8] reason: the reason stored with the state
+-- ARGV[9] event: the encoded TaskStateChanged
+-- ARGV[10] maxlen: approximate MAXLEN of the result stream
+-- ARGV[11] ttl: seconds the task hash lives after a final state
+-- ARGV[12] now: epoch seconds, stored as `updated`
+-- ARGV[13] live_pod: "<namespace>/<pod>" of the {p}:live member ('' = none)
+-- ARGV[14] dispatch: the dispatch id of the failed launch ('' = whatever dispatch the record has);
+--          the state is dropped when the record's current dispatch is another one
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'no task'} when
 -- state is '').
 
@@ -28,24 +30,25 @@ local group = ARGV[1]
 local entry = ARGV[2]
 local dead_reason = ARGV[3]
 local raw = ARGV[4]
-local base = ARGV[5]
-local state = ARGV[6]
-local reason = ARGV[7]
-local event = ARGV[8]
-local maxlen = ARGV[9]
-local ttl = ARGV[10]
-local now = ARGV[11]
-local live_member = ARGV[12]
-local dispatch = ARGV[13]
+local dead_maxlen = ARGV[5]
+local base = ARGV[6]
+local state = ARGV[7]
+local reason = ARGV[8]
+local event = ARGV[9]
+local maxlen = ARGV[10]
+local ttl = ARGV[11]
+local now = ARGV[12]
+local live_pod = ARGV[13]
+local dispatch = ARGV[14]
 
 redis.call('XACK', stream, group, entry)
 redis.call('XDEL', stream, entry)
 if dead_reason ~= '' then
-  redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*', 'reason', dead_reason, 'stream', stream,
+  redis.call('XADD', dead, 'MAXLEN', '~', dead_maxlen, '*', 'reason', dead_reason, 'stream', stream,
              'entry', entry, 'task', task, 'm', raw)
 end
 if state == '' then return {0, 'no task'} end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
-  live_member = live_member, dispatch = dispatch,
+  live_pod = live_pod, dispatch = dispatch, any_dispatch = dispatch == '',
 })

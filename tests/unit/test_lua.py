@@ -13,9 +13,10 @@ from kubestream import luascripts
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.luascripts import Script
 from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode
-from kubestream.settings import Settings
-from kubestream.store import TaskStore, failed
+from kubestream.settings import Settings, SettingsError
+from kubestream.store import NOT_LEASE_HOLDER, LiveMember, TaskStore, failed
 from kubestream.taskkey import TaskKey
+from kubestream.watcher.lease import Lease
 
 LUA = Path(__file__).resolve().parents[2] / "kubestream" / "lua"
 FILES = sorted(p.name for p in LUA.glob("*.lua"))
@@ -69,8 +70,8 @@ def test_the_loader_accepts_every_file_and_prepends_its_includes(name: str) -> N
     spec = luascripts.load(name)
     _, block, _ = _layout(name)
     assert spec.argv == tuple(m[1] for m in map(BINDING.match, block) if m and m[2] == "ARGV")
-    for include in re.findall(r"^-- include: (\S+)$", (LUA / name).read_text(), re.M):
-        assert spec.source.startswith((LUA / include).read_text())
+    includes = re.findall(r"^-- include: (\S+)$", (LUA / name).read_text(), re.M)
+    assert spec.source.startswith("\n".join((LUA / include).read_text() for include in includes))  # in order
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -86,11 +87,11 @@ def test_the_loader_rejects_argv_outside_the_bindings(body: list[str], fragment:
 
 def test_a_script_is_called_with_every_local_by_name(redis_client: redis.Redis, keys: Keys) -> None:
     release = Script(redis_client, "lease_release.lua")
-    with pytest.raises(TypeError, match=r"missing \['holder'\], unexpected \['owner'\]"):
-        release(lease=keys.watcher_lease, owner="a")
+    with pytest.raises(TypeError, match=r"missing \['token'\], unexpected \['owner'\]"):
+        release(lease=keys.watcher_lease, fence=keys.watcher_fence, epoch="1", owner="a")
     with pytest.raises(TypeError, match="binds its KEYS by name"):
-        release([keys.watcher_lease], lease=keys.watcher_lease, holder="a")
-    assert release(lease=keys.watcher_lease, holder="a") == 0
+        release([keys.watcher_lease], lease=keys.watcher_lease, fence=keys.watcher_fence, token="a", epoch="1")
+    assert release(lease=keys.watcher_lease, fence=keys.watcher_fence, token="a", epoch="1") == 0
 
 
 # -- behaviour against a real Redis ------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_publish_sends_each_new_state_once_and_drops_the_rest(store: TaskStore) 
         if published:
             assert result.owner == "s1" and result.detail
             assert store.record(POD)["state"] == state.value
-            assert (("ns", POD) in store.live_pods()) is not state.final
+            assert (LiveMember("ns", POD, "d1") in store.live_members()) is not state.final
         else:
             assert result.detail == why
     assert _results(store, "s1") == [("pending", "r-pending"), ("running", "r-running"),
@@ -154,8 +155,9 @@ def test_publish_drops_unknown_revoked_and_stale_dispatch_events(store: TaskStor
     assert not store.redis.exists(store.keys.task(POD))  # nothing written for an unknown task
     _dispatch(store, dispatch="d2")
     assert store.publish(_event(TaskState.RUNNING), dispatch="d1").detail == "stale dispatch"
+    assert store.publish(_event(TaskState.RUNNING), dispatch="").detail == "stale dispatch"  # a pod without one
     assert store.publish(_event(TaskState.PENDING), dispatch="d2").published
-    assert store.publish(_event(TaskState.RUNNING), dispatch="").published  # '' = any dispatch
+    assert store.publish(_event(TaskState.RUNNING)).published  # no dispatch given: whatever the record has
     store.revoke([POD])
     assert store.publish(_event(TaskState.FAILED), dispatch="d2").detail == "revoked"
     assert _results(store, "s1") == [("pending", ""), ("running", "")]
@@ -208,7 +210,7 @@ def test_fail_launch_acks_deletes_dead_letters_and_publishes_in_one_call(store: 
                                      b"task": store.keys.task(POD).encode(), b"m": b"\xc1bad"}]
     assert _results(store, "s1") == [("failed", "bad launch message: x")]
     assert store.record(POD)["state"] == "failed"
-    assert ("ns", POD) not in store.live_pods()
+    assert not store.live_members()
 
 
 def test_fail_launch_without_dead_reason_or_task_still_settles_the_entry(store: TaskStore, launches: str) -> None:
@@ -233,3 +235,102 @@ def test_fail_launch_settles_the_entry_even_when_the_state_is_dropped(store: Tas
     assert store.redis.xlen(stream) == 0 and len(_dead_letters(store)) == 1
     assert _results(store, "s1") == []
 
+
+
+# -- dispatch ids, fencing, TTLs and caps ------------------------------------------------------
+
+
+def test_publish_names_the_dispatch_in_the_live_set_and_a_final_state_of_any_dispatch_removes_its_member(
+        store: TaskStore) -> None:
+    _dispatch(store, dispatch="d1")
+    assert store.publish(_event(TaskState.RUNNING), dispatch="d1").published
+    assert store.live_members() == {LiveMember("ns", POD, "d1")}
+    assert store.redis.smembers(store.keys.live) == {f"ns/{POD}/d1".encode()}
+    _dispatch(store, dispatch="d2")  # queued again: the d1 pod's last word must not reach the d2 dispatch
+    assert store.publish(_event(TaskState.PENDING), dispatch="d2").published
+    assert store.live_members() == {LiveMember("ns", POD, "d1"), LiveMember("ns", POD, "d2")}
+    late = store.publish(_event(TaskState.FAILED, "pod deleted while running"), dispatch="d1")
+    assert (late.published, late.detail) == (False, "stale dispatch")
+    assert store.live_members() == {LiveMember("ns", POD, "d2")}  # the d1 pod is done with all the same
+    assert _results(store, "s1") == [("running", ""), ("pending", "")]
+    assert store.publish(_event(TaskState.SUCCEEDED)).published  # no dispatch given: the record's (d2)
+    assert not store.live_members()
+
+
+def test_live_members_of_either_form_parse_and_print_back() -> None:
+    for text, member in [("ns/pod/d1", LiveMember("ns", "pod", "d1")), ("ns/pod/", LiveMember("ns", "pod", "")),
+                         ("ns/pod", LiveMember("ns", "pod", None)), ("ns/pod/a/b", LiveMember("ns", "pod", "a/b"))]:
+        assert LiveMember.parse(text) == member and str(member) == text
+
+
+def test_fail_launch_of_an_older_dispatch_never_fails_the_newer_one(store: TaskStore, launches: str) -> None:
+    _dispatch(store, dispatch="d1")
+    _dispatch(store, dispatch="d2")  # a stuck-in-queued requeue: same try, same pod name
+    entry = _delivered(store, launches)
+    old = store.fail_launch(launches, entry, failed(KEY, "forbidden", "ns"), dispatch="d1")
+    assert (old.published, old.detail) == (False, "stale dispatch")
+    assert store.redis.xlen(launches) == 0  # settled all the same
+    current = store.fail_launch(launches, _delivered(store, launches), failed(KEY, "forbidden", "ns"), dispatch="d2")
+    assert current.published
+    assert _results(store, "s1") == [("failed", "forbidden")]
+
+
+def _lease(client: redis.Redis, keys: Keys, name: str, seconds: float = 5) -> Lease:
+    return Lease(client, keys.watcher_lease, name, seconds, fence_key=keys.watcher_fence)
+
+
+def test_the_lease_is_held_by_one_process_even_under_one_name_and_its_epoch_grows(
+        redis_client: redis.Redis, keys: Keys) -> None:
+    first, second = _lease(redis_client, keys, "watcher"), _lease(redis_client, keys, "watcher")
+    assert first.acquire_or_renew() == 1
+    assert second.acquire_or_renew() == 0  # same name, another process: a standby
+    assert first.acquire_or_renew() == 1  # renewed under the same epoch
+    assert not second.release() and first.holder_now() == "watcher"
+    assert first.release()
+    assert second.acquire_or_renew() == 2  # every acquisition gets a new epoch
+    redis_client.delete(keys.watcher_lease)  # it expired (a long pause of its holder)
+    assert first.acquire_or_renew() == 3 and second.acquire_or_renew() == 0
+
+
+def test_fenced_writes_are_refused_once_the_lease_is_another_ones(store: TaskStore, keys: Keys) -> None:
+    leader = _lease(store.redis, keys, "watcher")
+    fence = leader.fence(leader.acquire_or_renew())
+    _dispatch(store)
+    assert store.publish(_event(TaskState.RUNNING), dispatch="d1", fence=fence).published
+    checkpoint = Script(store.redis, "checkpoint.lua")
+    assert checkpoint(checkpoint=keys.resource_version("ns"), base=keys.base, token=fence.token,
+                      epoch=str(fence.epoch), rv="7") == 1
+    # the leader pauses past its lease; another process takes it through the lease script
+    store.redis.delete(keys.watcher_lease)
+    Script(store.redis, "lease_renew.lua")(lease=keys.watcher_lease, fence=keys.watcher_fence, holder="other",
+                                           token="other-token", epoch="0", ms=5000)
+    refused = store.publish(_event(TaskState.SUCCEEDED), dispatch="d1", fence=fence)
+    assert (refused.published, refused.detail) == (False, NOT_LEASE_HOLDER)
+    assert checkpoint(checkpoint=keys.resource_version("ns"), base=keys.base, token=fence.token,
+                      epoch=str(fence.epoch), rv="9") == 0
+    assert not store.remove_live(LiveMember("ns", POD, "d1"), fence)
+    assert store.redis.get(keys.resource_version("ns")) == b"7"
+    assert store.live_members() == {LiveMember("ns", POD, "d1")} and store.record(POD)["state"] == "running"
+    assert _results(store, "s1") == [("running", "")]
+    assert store.publish(_event(TaskState.SUCCEEDED)).published  # a launcher's publish carries no fence
+
+
+def test_a_final_state_shortens_the_records_lifetime(redis_client: redis.Redis, keys: Keys) -> None:
+    store = TaskStore(redis_client, keys, Settings(task_ttl_seconds=600, final_record_ttl_seconds=120))
+    _dispatch(store)
+    assert 590 < store.redis.ttl(keys.task(POD)) <= 600
+    assert store.publish(_event(TaskState.RUNNING)).published
+    assert store.publish(_event(TaskState.SUCCEEDED)).published
+    assert 0 < store.redis.ttl(keys.task(POD)) <= 120
+
+
+def test_a_final_record_ttl_above_the_task_ttl_is_refused() -> None:
+    with pytest.raises(SettingsError, match="KUBESTREAM_FINAL_RECORD_TTL_SECONDS=7200 must not exceed"):
+        Settings.from_mapping({"task_ttl_seconds": "3600", "final_record_ttl_seconds": "7200"})
+
+
+def test_the_dead_letter_stream_is_capped(redis_client: redis.Redis, keys: Keys, launches: str) -> None:
+    store = TaskStore(redis_client, keys, Settings(dead_letters_maxlen=100))
+    for _ in range(350):
+        store.fail_launch(launches, _delivered(store, launches), None, dead_reason="bad", raw=b"x")
+    assert 100 <= store.redis.xlen(keys.dead) < 350  # approximate: whole stream nodes are trimmed

@@ -1,27 +1,31 @@
-"""``Watcher.handle`` (and one namespace's relist and watch) against the real Redis and an in-memory
-PodApi (``devkit.fakekube``): no apiserver.
+"""``Watcher.handle`` (and one namespace's relist and watch, and the whole watcher running in a thread)
+against the real Redis and an in-memory PodApi (``devkit.fakekube``): no apiserver.
 
 Task records are written as the executor writes them (``TaskStore.record_dispatch``), pods as a
 launcher made them; the pods then move on as a kubelet would move them (``set_phase``), and each
-event is handed to the watcher.
+event is handed to the watcher. Every delete the watcher makes must carry the pod's uid as a
+precondition (checked when each test ends).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from devkit.fakekube import Call, FakePodApi
+from devkit.fakekube import Call, FakePodApi, api_error
+from devkit.procs import wait_for
 from kubestream.keys import Keys
 from kubestream.kubeapi import Gone
+from kubestream.luascripts import Script
 from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, task_annotations
-from kubestream.watcher.watcher import NamespaceWatch, Watcher
+from kubestream.watcher.watcher import GIVE_UP_AFTER, Deposed, NamespaceWatch, Term, Watcher, WatcherFailed
 
 NS = "tasks"
 OWNER = "sched-a"
@@ -37,13 +41,18 @@ def settings(redis_server, key_prefix: str) -> Settings:
 
 
 @pytest.fixture
-def pods() -> FakePodApi:
-    return FakePodApi()
+def pods() -> Iterator[FakePodApi]:
+    """Watches end 0.2 s after their last event (as at a server timeout), so a running watcher does not spin."""
+    fake = FakePodApi(watch_idle_seconds=0.2)
+    yield fake
+    assert all(call.uid for call in fake.calls_of("delete")), "every delete carries a uid precondition"
 
 
 @pytest.fixture
 def watcher(settings: Settings, redis_client: redis.Redis, pods: FakePodApi) -> Iterator[Watcher]:
+    """A watcher holding the lease (its writes are fenced by it)."""
     watcher = Watcher(settings, redis_client, None, name="test-watcher", pods=pods)
+    assert watcher.try_lead() is not None
     yield watcher
     watcher.close()
 
@@ -56,11 +65,13 @@ def dispatch(redis_client: redis.Redis, settings: Settings, key: TaskKey = KEY, 
     pipe.execute()
 
 
-def launched(pods: FakePodApi, key: TaskKey = KEY, dispatch_id: str = "d1") -> dict:
-    """The task's pod, as a launcher of dispatch ``dispatch_id`` created it (Pending)."""
+def launched(pods: FakePodApi, key: TaskKey = KEY, dispatch_id: str | None = "d1", name: str = "") -> dict:
+    """The task's pod, as a launcher of dispatch ``dispatch_id`` created it (Pending); no dispatch
+    annotation when None, and another name than the task's when given."""
+    dispatched = {DISPATCH_ANNOTATION: dispatch_id} if dispatch_id is not None else {}
     return pods.add(NS, {
-        "metadata": {"name": key.pod_name(), "labels": {MANAGED_LABEL: "true"},
-                     "annotations": {**task_annotations(key), DISPATCH_ANNOTATION: dispatch_id}},
+        "metadata": {"name": name or key.pod_name(), "labels": {MANAGED_LABEL: "true"},
+                     "annotations": {**task_annotations(key), **dispatched}},
         "spec": {"containers": [{"name": "base", "image": "img"}]}})
 
 
@@ -71,6 +82,12 @@ def results(redis_client: redis.Redis, keys: Keys) -> list[tuple[TaskKey, TaskSt
         assert isinstance(event, TaskStateChanged)
         out.append((event.key, event.state, event.reason))
     return out
+
+
+def leading(watcher: Watcher) -> Term:
+    term = watcher.try_lead()
+    assert term is not None, "the watcher leads"
+    return term
 
 
 def exit_code(code: int) -> dict:
@@ -170,21 +187,21 @@ def test_a_relist_publishes_current_states_and_fails_vanished_live_tasks(watcher
     watcher.handle(pods.set_phase(NS, vanished.pod_name(), "Running"), "MODIFIED")
     pods.remove(NS, vanished.pod_name())  # deleted while no watcher watched
     pods.set_phase(NS, current.pod_name(), "Running")
-    rv = NamespaceWatch(watcher, NS, threading.Event()).relist()
+    rv = NamespaceWatch(watcher, NS, leading(watcher)).relist()
     assert results(redis_client, keys) == [
         (vanished, TaskState.RUNNING, ""),
         (current, TaskState.RUNNING, ""),
         (vanished, TaskState.FAILED, "pod deleted while running"),
     ]
     assert redis_client.get(keys.resource_version(NS)) == rv.encode()
-    assert redis_client.smembers(keys.live) == {f"{NS}/{current.pod_name()}".encode()}
+    assert redis_client.smembers(keys.live) == {f"{NS}/{current.pod_name()}/d1".encode()}
 
 
 def test_a_watch_publishes_the_changes_after_its_checkpoint_and_an_expired_one_is_gone(
         watcher, pods, redis_client, settings, keys) -> None:
     dispatch(redis_client, settings)
     launched(pods)
-    ns_watch = NamespaceWatch(watcher, NS, threading.Event())
+    ns_watch = NamespaceWatch(watcher, NS, leading(watcher))
     rv = ns_watch.relist()  # publishes pending
     pods.set_phase(NS, POD, "Running")
     last = pods.set_phase(NS, POD, "Succeeded")["metadata"]["resourceVersion"]
@@ -198,3 +215,254 @@ def test_a_watch_publishes_the_changes_after_its_checkpoint_and_an_expired_one_i
     pods.compact()
     with pytest.raises(Gone):
         ns_watch.watch(rv)
+
+
+# -- 1. the dispatch id travels through every publish ------------------------------------------
+
+
+def test_vanished_relist_never_fails_a_newer_dispatch_of_the_same_pod_name(watcher, pods, redis_client, settings,
+                                                                           keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    launched(pods, dispatch_id="d1")
+    watcher.handle(pods.set_phase(NS, POD, "Running"), "MODIFIED")
+    pods.remove(NS, POD)  # d1's pod is deleted while no watcher watches...
+    dispatch(redis_client, settings, dispatch_id="d2")  # ...and the task is queued again (stuck-in-queued requeue,
+    # a reschedule-mode sensor, a deferral resume): same try, same pod name, its pod not created yet
+    NamespaceWatch(watcher, NS, leading(watcher)).relist()
+    assert results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")]  # d2 is not failed for d1's pod
+    assert redis_client.scard(keys.live) == 0  # d1 is done with
+    launched(pods, dispatch_id="d2")
+    watcher.handle(pods.pod(NS, POD), "ADDED")
+    assert results(redis_client, keys)[1:] == [(KEY, TaskState.PENDING, "")]
+    assert redis_client.smembers(keys.live) == {f"{NS}/{POD}/d2".encode()}
+
+
+def test_a_relist_seeing_the_newer_dispatchs_pod_drops_the_older_live_member_and_fails_nobody(
+        watcher, pods, redis_client, settings, keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    launched(pods, dispatch_id="d1")
+    watcher.handle(pods.set_phase(NS, POD, "Running"), "MODIFIED")
+    pods.remove(NS, POD)
+    dispatch(redis_client, settings, dispatch_id="d2")
+    launched(pods, dispatch_id="d2")
+    NamespaceWatch(watcher, NS, leading(watcher)).relist()
+    assert results(redis_client, keys) == [(KEY, TaskState.RUNNING, ""), (KEY, TaskState.PENDING, "")]
+    assert redis_client.smembers(keys.live) == {f"{NS}/{POD}/d2".encode()}
+
+
+# -- 2. the watcher trusts only its own pods; deletes carry uid preconditions -------------------
+
+
+def test_a_pod_whose_name_is_not_its_tasks_pod_name_is_ignored_with_a_warning(watcher, pods, redis_client, settings,
+                                                                             keys, caplog) -> None:
+    dispatch(redis_client, settings)
+    launched(pods, name="impostor")  # the annotations of KEY on a pod of another name
+    watcher.handle(pods.pod(NS, "impostor"), "ADDED")
+    watcher.handle(pods.set_phase(NS, "impostor", "Succeeded"), "MODIFIED")
+    watcher.close()
+    assert results(redis_client, keys) == [] and pods.calls_of("delete") == []
+    assert pods.pod(NS, "impostor") is not None
+    assert "ignored a pod whose name is not its task's pod name" in caplog.text
+    assert watcher.metrics.snapshot()["foreign_pods_total"] == 2
+
+
+def test_a_pod_without_a_dispatch_annotation_never_speaks_for_a_dispatched_task(watcher, pods, redis_client,
+                                                                                settings, keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d2")
+    uid = launched(pods, dispatch_id=None)["metadata"]["uid"]
+    watcher.handle(pods.set_phase(NS, POD, "Succeeded"), "MODIFIED")
+    watcher.close()
+    assert results(redis_client, keys) == []
+    assert [(d.name, d.uid) for d in pods.calls_of("delete")] == [(POD, uid)]  # not d2's: deleted by its uid
+
+
+def test_an_old_pods_late_event_never_publishes_for_or_deletes_the_new_pod(watcher, pods, redis_client, settings,
+                                                                           keys) -> None:
+    dispatch(redis_client, settings, dispatch_id="d1")
+    old_uid = launched(pods, dispatch_id="d1")["metadata"]["uid"]
+    watcher.handle(pods.set_phase(NS, POD, "Running"), "MODIFIED")
+    late = pods.set_phase(NS, POD, "Succeeded")  # its event is not handled yet
+    pods.remove(NS, POD)
+    dispatch(redis_client, settings, dispatch_id="d2")
+    new_uid = launched(pods, dispatch_id="d2")["metadata"]["uid"]
+    watcher.handle(late, "MODIFIED")
+    watcher.close()
+    assert results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")]
+    assert [d.uid for d in pods.calls_of("delete")] == [old_uid]  # answered 409: precondition failed
+    assert pods.pod(NS, POD)["metadata"]["uid"] == new_uid
+
+
+def test_a_pod_without_a_uid_is_never_deleted(watcher, pods, redis_client, settings, keys) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    succeeded = pods.set_phase(NS, POD, "Succeeded")
+    del succeeded["metadata"]["uid"]  # an event the delete could not be made conditional on
+    watcher.handle(succeeded, "MODIFIED")
+    watcher.close()
+    assert results(redis_client, keys) == [(KEY, TaskState.SUCCEEDED, "")]
+    assert pods.calls_of("delete") == [] and pods.pod(NS, POD) is not None
+
+
+# -- 3. a namespace's watch never dies quietly --------------------------------------------------
+
+
+class Running:
+    """``watcher.run()`` in a thread; ``error`` is what it raised."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="watcher-under-test", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.watcher.run()
+        except BaseException as exc:  # noqa: BLE001 - kept for the test's assertions
+            self.error = exc
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watcher.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the watcher stopped"
+
+
+def errors(watcher: Watcher) -> float:
+    return watcher.metrics.snapshot().get("watch_errors_total", 0)
+
+
+def test_a_redis_error_reading_the_checkpoint_is_retried_and_the_namespace_watched_after_all(
+        settings, pods, redis_client, keys) -> None:
+    redis_client.hset(keys.resource_version(NS), "not", "a string")  # reading the checkpoint fails: WRONGTYPE
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher = Watcher(settings, redis_client, None, name="w", pods=pods)
+    with Running(watcher) as run:
+        wait_for(lambda: errors(watcher) >= 2, timeout=30, what="the checkpoint read retried")
+        assert watcher.leading and results(redis_client, keys) == []
+        redis_client.delete(keys.resource_version(NS))
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.PENDING, "")], timeout=30,
+                 what="the namespace listed once Redis answers")
+        pods.set_phase(NS, POD, "Running")
+        wait_for(lambda: len(results(redis_client, keys)) == 2, timeout=30, what="the namespace watched")
+    assert run.error is None
+
+
+@pytest.mark.parametrize("error", [ValueError("an answer that cannot be read"), api_error(401, "Unauthorized")],
+                         ids=["unexpected", "401"])
+def test_a_watch_that_cannot_go_on_gives_the_lease_up_and_stops_the_watcher(settings, pods, redis_client, keys,
+                                                                             error: Exception) -> None:
+    pods.fail_next("list", *[error] * GIVE_UP_AFTER)
+    watcher = Watcher(settings, redis_client, None, name="w", pods=pods)
+    with Running(watcher) as run:
+        run.thread.join(timeout=60)
+        assert not run.thread.is_alive(), "the watcher stopped on its own"
+    assert isinstance(run.error, WatcherFailed) and run.error.__cause__ is error
+    assert redis_client.get(keys.watcher_lease) is None  # given up: a standby takes over at once
+    assert len(pods.calls_of("list")) == GIVE_UP_AFTER  # retried with backoff before giving up
+
+
+def test_transient_api_errors_are_retried_for_as_long_as_they_last(settings, pods, redis_client, keys) -> None:
+    pods.fail_next("list", *[api_error(503)] * (GIVE_UP_AFTER + 1))
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher = Watcher(settings, redis_client, None, name="w", pods=pods)
+    with Running(watcher) as run:
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.PENDING, "")], timeout=60,
+                 what="the namespace listed once the API answers")
+    assert run.error is None and errors(watcher) == GIVE_UP_AFTER + 1
+
+
+# -- 4. fencing ---------------------------------------------------------------------------------
+
+
+def test_two_watchers_of_one_name_never_both_lead(settings, pods, redis_client, keys) -> None:
+    first = Watcher(settings, redis_client, None, name="same", pods=pods)
+    second = Watcher(settings, redis_client, None, name="same", pods=pods)
+    assert first.try_lead() is not None
+    assert second.try_lead() is None and not second.leading
+    assert first.try_lead() is not None and first.leading  # renewed
+    dispatch(redis_client, settings)
+    launched(pods)
+    with pytest.raises(Deposed):  # a standby writes nothing
+        second.handle(pods.pod(NS, POD), "ADDED")
+    assert results(redis_client, keys) == []
+
+
+def test_a_restarted_watcher_of_the_same_name_leads_once_the_old_lease_expired(settings, pods, redis_client,
+                                                                               keys) -> None:
+    old = Watcher(settings, redis_client, None, name="same", pods=pods)
+    assert old.try_lead() is not None  # then it is killed: its lease is left to expire
+    restarted = Watcher(settings, redis_client, None, name="same", pods=pods)
+    assert restarted.try_lead() is None
+    redis_client.pexpire(keys.watcher_lease, 50)
+    wait_for(restarted.try_lead, timeout=10, what="the restarted watcher to lead")
+    assert old.try_lead() is None and not old.leading
+
+
+def take_over(redis_client: redis.Redis, keys: Keys) -> None:
+    """Another process takes the lease through the lease script, as after the leader paused past its lease."""
+    redis_client.delete(keys.watcher_lease)  # expired
+    assert Script(redis_client, "lease_renew.lua")(lease=keys.watcher_lease, fence=keys.watcher_fence,
+                                                   holder="other", token="other-token", epoch="0", ms=60000)
+
+
+def test_a_leader_whose_lease_was_taken_over_has_its_next_publish_refused_and_stops_leading(
+        watcher, pods, redis_client, settings, keys) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher.handle(pods.pod(NS, POD), "ADDED")
+    take_over(redis_client, keys)
+    with pytest.raises(Deposed):
+        watcher.handle(pods.set_phase(NS, POD, "Succeeded"), "MODIFIED")
+    watcher.close()
+    assert not watcher.leading and watcher.metrics.snapshot()["deposed_total"] == 1
+    assert results(redis_client, keys) == [(KEY, TaskState.PENDING, "")]
+    assert pods.calls_of("delete") == []  # the refused publish decides no delete either
+    assert watcher.try_lead() is None  # a standby now
+    with pytest.raises(Deposed):
+        watcher.checkpoint(NS, "1")
+
+
+def test_a_running_leader_refused_by_redis_stops_its_watches_at_once(settings, pods, redis_client, keys) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher = Watcher(settings, redis_client, None, name="w", pods=pods)
+    with Running(watcher) as run:
+        wait_for(lambda: len(results(redis_client, keys)) == 1, timeout=30, what="the pod's pending published")
+        take_over(redis_client, keys)
+        pods.set_phase(NS, POD, "Running")  # its publish is refused
+        wait_for(lambda: not watcher.leading, timeout=30, what="the deposed leader to stand by")
+        assert results(redis_client, keys) == [(KEY, TaskState.PENDING, "")]
+        assert redis_client.get(keys.watcher_lease) == b"other"
+    assert run.error is None
+
+
+# -- 5. Redis losing its data -------------------------------------------------------------------
+
+
+def test_redis_losing_its_data_is_logged_counted_and_every_namespace_relisted(
+        settings, pods, redis_client, keys, key_prefix, caplog) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher = Watcher(dataclasses.replace(settings, lease_seconds=1.5), redis_client, None, name="w", pods=pods)
+    with Running(watcher):
+        wait_for(lambda: len(results(redis_client, keys)) == 1, timeout=30, what="pending published")
+        pods.set_phase(NS, POD, "Running")
+        wait_for(lambda: len(results(redis_client, keys)) == 2, timeout=30, what="running published")
+        lists = len(pods.calls_of("list"))
+        # Redis restarts without persistence; the task's record is written again (e.g. dispatched anew)
+        store = TaskStore(redis_client, keys, settings)
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.delete(*redis_client.keys(f"{keys.base}:*"))
+        store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1")
+        pipe.execute()
+        # the running pod reports again: only a relist can tell (no event comes from an unchanged pod)
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")], timeout=30,
+                 what="the relist after the reset")
+        assert len(pods.calls_of("list")) > lists
+        assert watcher.metrics.snapshot()["redis_resets_total"] == 1
+    assert "Redis lost its data" in caplog.text
