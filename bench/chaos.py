@@ -76,6 +76,7 @@ from devkit.pipeline import Pipeline
 from devkit.podwatch import PodLedger
 from devkit.probe import Streams
 from devkit.redisserver import RedisServer
+from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, pods_path, request
 from kubestream.settings import Settings
 
@@ -99,6 +100,7 @@ class ChaosConfig:
     settle_seconds: float = 5.0  # stepping on after the last final state, to catch late duplicates
     min_strikes: int = 2
     fault_window_max: float = 180.0  # the fault stops by then, struck twice or not
+    keep_logs: bool = False  # keep every phase's component logs, not only those of a broken phase
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class PhaseFigures:
     redis_used_memory_start_bytes: int = 0
     strikes: int = 0
     final_states: dict[str, int] = field(default_factory=dict)
+    component_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # evidence that the fault bit
     namespace: str = ""
     key_prefix: str = ""
     seconds: float = 0.0
@@ -182,6 +185,34 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
         self.client.close()
+
+
+class HealthMetrics:
+    """The metrics every launcher and watcher last wrote to its health record (``{p}:health:<kind>:<member>``),
+    kept per member across kills and Redis restarts; ``totals()`` sums them per kind."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client, self.pattern = client, Keys(prefix).health_pattern
+        self.last: dict[str, dict[str, float]] = {}
+
+    def sample(self) -> None:
+        try:
+            for key in self.client.scan_iter(match=self.pattern, count=100):
+                raw = self.client.hget(key, "metrics")
+                if raw:
+                    self.last[key.decode() if isinstance(key, bytes) else str(key)] = json.loads(raw)
+        except (redis.RedisError, ValueError):
+            pass  # Redis restarting: the next sample
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for key, metrics in self.last.items():
+            kind = key.split(":")[-2]
+            into = out.setdefault(kind, {})
+            for name, value in metrics.items():
+                if name.endswith("_total") and isinstance(value, int | float):
+                    into[name] = into.get(name, 0) + value
+        return {kind: dict(sorted(m.items())) for kind, m in sorted(out.items())}
 
 
 def pod_rule(index: int, fail_every: int) -> tuple[str, str]:
@@ -273,7 +304,7 @@ def run_phase(servers: Servers, fault_name: str, config: ChaosConfig = ChaosConf
         _cleanup(servers, admin, namespace, prefix)
         admin.close()
     figures.seconds = round(time.monotonic() - started, 1)
-    if figures.broken or figures.unexpected_exits:
+    if figures.broken or figures.unexpected_exits or config.keep_logs:
         figures.logs = str(phase_dir)
     else:
         shutil.rmtree(phase_dir, ignore_errors=True)
@@ -311,6 +342,7 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
         executor = start_ledger_executor(settings, ledger, servers.setenv, logger=_file_logger(phase_dir))
         stack.callback(executor.terminate)
         driver = Driver(executor)
+        health = HealthMetrics(probe_client, prefix)
         runs = _task_runs(config, fault_name)
         by_key = {run.work.ti.key: run for run in runs}
         sampler = MemorySampler(servers.redis_url).start()
@@ -358,6 +390,7 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
                 next_chores = now + 1.0
                 components.check([kubelet])
                 supervise(stage, exits)
+                health.sample()
                 figures.requeued_stuck_in_queued += _requeue_stuck(executor, runs[:submitted], ledger, config, now)
             if not fault_stopped and submitted == len(runs) and (
                     len(player.strikes) >= config.min_strikes or now - t0 > config.fault_window_max):
@@ -375,6 +408,8 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
             if not fresh:
                 time.sleep(POLL)
         heal()
+        health.sample()
+        figures.component_metrics = health.totals()
         ledger.catch_up()
         figures.seconds_to_drain = round(last_final - t0, 1) if done == len(runs) else None
         figures.seconds_after_fault = round(max(0.0, last_final - fault_stopped), 1) if done == len(runs) else None
@@ -550,6 +585,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "task_queued_timeout)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="after the fault stops, tasks without a final state by then are lost")
+    parser.add_argument("--keep-logs", action="store_true", help="keep every phase's component logs")
     parser.add_argument("--max-seconds", type=int, default=5400, help="abort (and clean up) after this long")
     parser.add_argument("--results", type=Path, help="JSON output (default bench-results/chaos-<UTC time>.json)")
     return parser.parse_args(argv)
@@ -572,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _arm_watchdog(args.max_seconds)
     config = ChaosConfig(tasks=args.tasks, submit_seconds=args.submit_seconds, launchers=args.launchers,
                          concurrency=args.concurrency, fail_every=args.fail_every,
-                         queued_timeout=args.queued_timeout, drain_timeout=args.drain_timeout)
+                         queued_timeout=args.queued_timeout, drain_timeout=args.drain_timeout,
+                         keep_logs=args.keep_logs)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = args.results or RESULTS_DIR / f"chaos-{stamp}.json"
     work = Path(tempfile.mkdtemp(prefix="kubestream-chaos-"))
@@ -588,6 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 phases.append(figures)
                 keep = keep or bool(figures.logs)
                 print(f"[{name}] " + ", ".join(f"{h} {_cell(n, getattr(figures, n))}" for h, n in COLUMNS[1:])
+                      + "".join(f"\n  {kind}: " + ", ".join(f"{k} {v:g}" for k, v in m.items() if v)
+                                for kind, m in figures.component_metrics.items())
                       + "".join(f"\n  ERROR {e}" for e in figures.errors)
                       + (f"\n  logs kept in {figures.logs}" if figures.logs else ""), flush=True)
     finally:

@@ -339,6 +339,7 @@ class Quota(Fault):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.refreshes = 0
+        self.most_used = 0  # the most pods counted while the quota was tight
 
     def _patch(self, stage: Stage, path: str, body: dict[str, Any]) -> None:
         request(stage.admin, "PATCH", f"/api/v1/namespaces/{stage.namespace}/resourcequotas/{QUOTA}{path}", body,
@@ -350,6 +351,8 @@ class Quota(Fault):
         used = sum(1 for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
         self._patch(stage, "/status", {"status": {"hard": {"pods": str(self._hard)}, "used": {"pods": str(used)}}})
         self.refreshes += 1
+        if self._hard != LIFTED:
+            self.most_used = max(self.most_used, used)
 
     def _controller(self, stage: Stage) -> None:
         while not self._stopping.wait(0.5):
@@ -372,12 +375,14 @@ class Quota(Fault):
         self._thread.start()
 
     def strike(self, stage: Stage, stop: threading.Event) -> str:
+        self.most_used = 0
         self._set_hard(stage, self.tight)
         try:
             stop.wait(self.tight_seconds)
         finally:
             self._set_hard(stage, LIFTED)
-        return f"quota of {self.tight} pods for {self.tight_seconds:.0f} s, then lifted"
+        return (f"quota of {self.tight} pods for {self.tight_seconds:.0f} s ({self.most_used} pods running at most), "
+                f"then lifted")
 
     def heal(self, stage: Stage) -> None:
         self._set_hard(stage, LIFTED)
