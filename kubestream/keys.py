@@ -32,6 +32,13 @@ class Keys:
         """Stream of LaunchTask/RevokeTask commands for one Airflow queue."""
         return f"{self.base}:launch:{queue}"
 
+    def queue_of(self, stream: str) -> str:
+        """The queue a launch stream serves (the inverse of ``launch``)."""
+        prefix = self.launch("")
+        if not stream.startswith(prefix):
+            raise ValueError(f"{stream!r} is not a launch stream of {self.base}")
+        return stream[len(prefix):]
+
     def results(self, scheduler_id: str) -> str:
         """Stream of TaskStateChanged events for one scheduler."""
         return f"{self.base}:results:{scheduler_id}"

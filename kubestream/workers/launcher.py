@@ -59,7 +59,9 @@ from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.text import as_text
 from kubestream.workers.consumer import Entry, StreamConsumer
+from kubestream.workers.podpolicy import PolicyViolation, apply_policy, describe
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
+from kubestream.workers.policyload import load_pod_policy
 from kubestream.workload import token_expiry
 
 log = logging.getLogger("kubestream.launcher")
@@ -116,6 +118,8 @@ class Launcher:
         self.limiter = RateLimiter(redis_client, self.keys.rate_limit, settings.create_rate, settings.create_burst)
         self.template = (load_template_yaml(Path(settings.pod_template_file).read_text())
                          if settings.pod_template_file else None)
+        self.policy = load_pod_policy(settings)  # the operator's overlay file is read once, here
+        log.info(describe(self.policy))
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(settings.launch_concurrency, thread_name_prefix="create")
         self._inflight: dict[Future[None], str] = {}  # each create thread's work -> its entry id
@@ -353,7 +357,8 @@ class Launcher:
             log.warning("skipped launch: workload token expired %.0fs ago; Airflow will requeue the task",
                         time.time() - expiry, extra=ctx)
             return
-        namespace = self.settings.namespace_for_queue(msg.queue)
+        # the queue (hence namespace) comes from the stream the entry was read from, never from the message
+        namespace = self.settings.namespace_for_queue(self.keys.queue_of(entry.stream))
         try:
             pod = build_pod(key=msg.key, namespace=namespace, image=self.settings.worker_image,
                             workload_json=msg.workload_json, scheduler_id=msg.scheduler_id,
@@ -363,6 +368,15 @@ class Launcher:
                                    dead_reason=f"pod spec: {exc}", raw=entry.raw, dispatch=msg.external_executor_id)
             self.metrics.inc("dead_lettered_total")
             log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
+            return
+        try:
+            pod = apply_policy(pod, self.policy, namespace=namespace)
+        except PolicyViolation as exc:  # a refused pod, not a poison message: failed, not dead-lettered
+            self.store.fail_launch(entry.stream, entry.entry_id,
+                                   failed(msg.key, f"pod refused by pod_policy: {exc}", namespace),
+                                   dispatch=msg.external_executor_id)
+            self.metrics.inc("refused_total")
+            log.error("pod refused by pod_policy: %s", exc, extra=ctx)
             return
         namespace = pod["metadata"].get("namespace") or namespace
         if msg.external_executor_id:
@@ -466,7 +480,7 @@ class Launcher:
 
     def _revoke(self, msg: RevokeTask, entry: Entry, deadline: float) -> None:
         """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
-        namespace = self.settings.namespace_for_queue(msg.queue)
+        namespace = self.settings.namespace_for_queue(self.keys.queue_of(entry.stream))
         ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
 
         def delete() -> None:

@@ -471,3 +471,48 @@ def test_own_pending_entries_come_back_a_batch_at_a_time_with_their_counts(launc
     assert [len(b) for b in batches] == [2, 2, 1, 0]
     assert [e.entry_id for b in batches for e in b] == [e.entry_id for e in first]
     assert [e.deliveries for b in batches for e in b] == [3, 2, 2, 2, 2]  # reading them again is a delivery
+
+
+FORGED_OVERRIDE = {  # the review's pod: a node takeover
+    "spec": {
+        "hostNetwork": True, "hostPID": True, "hostIPC": True, "nodeName": "node-1",
+        "serviceAccountName": "cluster-admin-sa",
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "base", "image": "evil/img", "command": ["nsenter", "-t", "1", "-m", "sh"],
+                        "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}},
+                        "volumeMounts": [{"name": "root", "mountPath": "/host"}]}],
+    },
+}
+
+
+def test_a_pod_the_policy_refuses_fails_its_task_naming_the_rules(launcher, pods, redis_client, settings,
+                                                                   keys) -> None:
+    store = TaskStore(redis_client, keys, settings)
+    pipe = redis_client.pipeline(transaction=True)
+    store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1")
+    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(KEY, "default", OWNER, "{}", "d1",
+                                                                pod_override=FORGED_OVERRIDE))})
+    pipe.execute()
+    handle_all(launcher)
+    assert pods.calls_of("create") == [] and pods.names(NS) == set()
+    (event,) = results(redis_client, keys)
+    assert event.state is TaskState.FAILED and event.reason.startswith("pod refused by pod_policy:")
+    for rule in ("privileged", "hostNetwork", "hostPath", "nodeName", "capabilities", "serviceAccount"):
+        assert rule in event.reason, rule
+    assert redis_client.xlen(keys.dead) == 0 and pending(redis_client, keys) == 0
+
+
+def test_the_queue_and_namespace_come_from_the_stream_not_the_message(pods, redis_client, settings, keys) -> None:
+    settings = Settings.from_mapping({**settings.to_env(""), "queue_namespaces": "gpu=gpu-pool"}, source="")
+    launcher = Launcher(settings, redis_client, None, name="test-launcher", pods=pods)
+    launcher.consumer.ensure_groups()
+    store = TaskStore(redis_client, keys, settings)
+    pipe = redis_client.pipeline(transaction=True)
+    store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1")
+    # written to the default queue's stream, claiming a queue that maps to another namespace
+    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(KEY, "gpu", OWNER, "{}", "d1"))})
+    pipe.execute()
+    handle_all(launcher)
+    launcher.stop()
+    assert pods.names(NS) == {POD} and pods.names("gpu-pool") == set()
+    assert {c.namespace for c in pods.calls_of("create")} == {NS}
