@@ -10,9 +10,9 @@ Rules follow Airflow's KubernetesExecutor (``_handle_pod_publish_error``) and
   than AlreadyExists (conflict, "the object has been modified"), 403 "exceeded
   quota", 410, 429, 5xx. ``retry_after`` comes from ``Retry-After`` (delta
   seconds only) on 429 and 5xx (the apiserver sends it on 503 when shutting down).
-- denied: 403 Forbidden (not quota). Retried within the retry budget (right after
+- denied: 403 Forbidden (not quota). Retried like a transient error (right after
   a restart the apiserver denies until its RBAC cache is warm); the task fails
-  only when the denial persists past the budget.
+  only when the denial persists through its last delivery (`max_deliveries`).
 - permanent (fail the task): every other status, e.g. 400, 404, 422,
   and client-side validation errors (ValueError, TypeError).
 - Any other exception is transient: not known to be permanent, it is retried and
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 MAX_MESSAGE = 1000
 
-# "denied": 403 Forbidden. Retried like a transient error within the retry budget (an apiserver that just
-# restarted denies until its RBAC cache is warm), and fails the task only when it persists past the budget.
+# "denied": 403 Forbidden. Retried and redelivered like a transient error (an apiserver that just
+# restarted denies until its RBAC cache is warm); fails the task only when it persists to the last delivery.
 Kind = Literal["created", "exists", "transient", "denied", "permanent"]
 
 

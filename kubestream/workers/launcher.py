@@ -386,7 +386,8 @@ class Launcher:
             return
         try:
             outcome = self._retrying(lambda: self._create(namespace, pod, msg.external_executor_id, deadline), ctx,
-                                     deadline, rate_limited=True)
+                                     deadline, rate_limited=True,
+                                     last_delivery=entry.deliveries >= self.settings.max_deliveries)
         except _Superseded as exc:
             self._ack(entry)
             self.metrics.inc("skipped_total")
@@ -504,9 +505,11 @@ class Launcher:
             log.info("revoke handled: %s", outcome.message or "no pod of the revoked dispatch remains", extra=ctx)
 
     def _retrying(self, call: Callable[[], object], ctx: dict[str, str], deadline: float, *,
-                  rate_limited: bool = False) -> Outcome | None:
+                  rate_limited: bool = False, last_delivery: bool = False) -> Outcome | None:
         """Run an API call, retrying transient errors until ``deadline``; None = give up for now (left
-        pending). Success is ``Outcome("created")``; ``_Superseded`` passes through."""
+        pending). Success is ``Outcome("created")``; ``_Superseded`` passes through. A 403 Forbidden is
+        retried like a transient error (an apiserver that just restarted denies until its RBAC cache is
+        warm) and fails the task only on the ``last_delivery``, when it has persisted through them all."""
         attempt = 0
         while True:
             if rate_limited and not self.limiter.acquire(self.stopping, deadline):
@@ -535,9 +538,10 @@ class Launcher:
             backoff = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
             delay = max(outcome.retry_after or 0.0, backoff)
             attempt += 1
-            if outcome.kind == "denied" and not self.stopping.is_set() and time.monotonic() + delay > deadline:
-                return Outcome("permanent", f"{outcome.message} (still denied after "
-                                            f"{self.settings.retry_budget_seconds:g}s of retries)")
+            if outcome.kind == "denied" and last_delivery and not self.stopping.is_set() \
+                    and time.monotonic() + delay > deadline:
+                return Outcome("permanent", f"{outcome.message} (still denied after {self.settings.max_deliveries} "
+                                            "deliveries)")
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
                 self.metrics.inc("released_total")
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)

@@ -22,7 +22,7 @@ from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey, key_from_annotations, task_annotations
-from kubestream.workers.consumer import Entry
+from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.launcher import REQUEST_FLOOR_SECONDS, Launcher
 
 NS = "tasks"
@@ -175,16 +175,29 @@ def test_a_403_forbidden_from_a_restarting_apiserver_is_retried_and_the_pod_crea
     assert results(redis_client, keys) == [] and pending(redis_client, keys) == 0
 
 
-def test_a_403_forbidden_that_persists_past_the_retry_budget_fails_the_task(launcher, pods, redis_client, settings,
-                                                                           keys) -> None:
+def test_a_403_forbidden_that_persists_through_every_delivery_fails_the_task(launcher, pods, redis_client,
+                                                                             settings, keys) -> None:
     pods.fail_next("create", *[api_error(403, FORBIDDEN) for _ in range(10_000)])
     dispatch(redis_client, settings)
-    handle_all(launcher)
+    handle_all(launcher)  # first delivery: retried for the budget, then left for redelivery
+    assert results(redis_client, keys) == [] and pending(redis_client, keys) == 1
+    def redeliver() -> list[Entry]:  # this launcher's pending entries read again, as after a restart
+        return StreamConsumer(redis_client, [keys.launch("default")], launcher.name, min_idle_ms=1).own_pending()
+
+    (entry,) = redeliver()  # a later delivery, still not the last: left again
+    assert entry.deliveries < settings.max_deliveries
+    handle_entries(launcher, [entry])
+    assert results(redis_client, keys) == [] and pending(redis_client, keys) == 1
+    for _ in range(settings.max_deliveries - 3):
+        redis_client.xclaim(keys.launch("default"), LAUNCH_GROUP, launcher.name, 0, [entry.entry_id])
+    (last,) = redeliver()
+    assert last.deliveries == settings.max_deliveries
+    handle_entries(launcher, [last])
     (event,) = results(redis_client, keys)
     assert event.key == KEY and event.state is TaskState.FAILED
-    assert event.reason.startswith("403 Forbidden: pods is forbidden") and "still denied after 2s" in event.reason
-    assert pods.names(NS) == set() and len(pods.calls_of("create")) > 2
-    assert pending(redis_client, keys) == 0
+    assert event.reason.startswith("403 Forbidden: pods is forbidden")
+    assert "still denied after 5 deliveries" in event.reason
+    assert pods.names(NS) == set() and pending(redis_client, keys) == 0
 
 
 def test_a_429_is_retried_after_its_retry_after(launcher, pods, redis_client, settings, keys) -> None:
