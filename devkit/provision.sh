@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Provision what the local cluster, the tests and the demo need on a Debian machine:
 #   - Debian packages: etcd-server, redis-server, postgresql, golang-go, rsync, jq, build tools
-#   - kube-apiserver, built once from Debian's `kubernetes` source package and
-#     cached outside the repository, keyed by the Debian source version.
+#   - kube-apiserver and kubectl, built once from Debian's `kubernetes` source package and
+#     cached outside the repository, keyed by the Debian source version
+#     ($CACHE_ROOT/kube-apiserver-<version>/, $CACHE_ROOT/kubectl-<version>/, and the link
+#     $CACHE_ROOT/bin/kubectl to the current kubectl, which tests/unit/test_manifests.py renders k8s/ with).
 # Prints the path of the cached kube-apiserver binary on its last line.
 # Idempotent: a second run with everything present installs and builds nothing.
 set -euo pipefail
@@ -56,18 +58,36 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install /usr/lib/postgresql/none/bin/initdb=postgresql
 fi
 
-if [ -n "${KUBESTREAM_APISERVER_BIN:-}" ]; then
-  [ -x "$KUBESTREAM_APISERVER_BIN" ] || die "KUBESTREAM_APISERVER_BIN=$KUBESTREAM_APISERVER_BIN is not executable"
-  echo "$KUBESTREAM_APISERVER_BIN"; exit 0
+apiserver_override="${KUBESTREAM_APISERVER_BIN:-}"
+if [ -n "$apiserver_override" ]; then
+  [ -x "$apiserver_override" ] || die "KUBESTREAM_APISERVER_BIN=$apiserver_override is not executable"
 fi
 
-# Fast path: a cached build for the version apt would give us.
+# Fast path: cached builds for the version apt would give us.
 ensure_deb_src
 version=$(apt-cache showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; exit}')
 [ -n "$version" ] || die "apt-cache showsrc kubernetes found no source package"
-bin="$CACHE_ROOT/kube-apiserver-$version/kube-apiserver"
-if [ -x "$bin" ]; then
-  log "cached kube-apiserver $version at $bin"
+bin="${apiserver_override:-$CACHE_ROOT/kube-apiserver-$version/kube-apiserver}"
+kubectl_bin="$CACHE_ROOT/kubectl-$version/kubectl"
+
+link_kubectl() {
+  # $CACHE_ROOT/bin/kubectl -> the kubectl of this version (replaced atomically)
+  [ "$(readlink "$CACHE_ROOT/bin/kubectl" 2>/dev/null)" = "$kubectl_bin" ] && return 0
+  mkdir -p "$CACHE_ROOT/bin"
+  ln -sfn "$kubectl_bin" "$CACHE_ROOT/bin/kubectl.tmp"
+  mv -T "$CACHE_ROOT/bin/kubectl.tmp" "$CACHE_ROOT/bin/kubectl"
+}
+
+missing_targets() {
+  local targets=()
+  [ -x "$bin" ] || targets+=(cmd/kube-apiserver)
+  [ -x "$kubectl_bin" ] || targets+=(cmd/kubectl)
+  echo "${targets[*]}"
+}
+
+if [ -z "$(missing_targets)" ]; then
+  link_kubectl
+  log "cached kube-apiserver and kubectl $version"
   echo "$bin"; exit 0
 fi
 
@@ -75,19 +95,25 @@ apt_install go=golang-go gcc=gcc dpkg-source=dpkg-dev
 mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/build.lock"
 flock 9
-[ -x "$bin" ] && { echo "$bin"; exit 0; }   # built by a concurrent run
-
-work=$(mktemp -d "$CACHE_ROOT/build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-log "building kube-apiserver from Debian source kubernetes $version (about 7 minutes on 2 cores)"
-( cd "$work" && apt-get source --download-only -qq kubernetes >&2 ) || die "apt-get source kubernetes failed"
-orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n1)
-mkdir "$work/src"
-tar -xf "$orig" -C "$work/src" --strip-components=1
-mkdir -p "$work/home"
-( cd "$work/src" && HOME="$work/home" GOFLAGS= make WHAT=cmd/kube-apiserver >&2 ) || die "kube-apiserver build failed"
-mkdir -p "$(dirname "$bin")"
-cp "$work/src/_output/bin/kube-apiserver" "$bin.tmp"
-mv "$bin.tmp" "$bin"
-log "built $("$bin" --version)"
+targets=$(missing_targets)   # a concurrent run may have built some
+if [ -n "$targets" ]; then
+  work=$(mktemp -d "$CACHE_ROOT/build.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  log "building $targets from Debian source kubernetes $version (kube-apiserver about 7 minutes on 2 cores, kubectl about 3)"
+  ( cd "$work" && apt-get source --download-only -qq kubernetes >&2 ) || die "apt-get source kubernetes failed"
+  orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n1)
+  mkdir "$work/src"
+  tar -xf "$orig" -C "$work/src" --strip-components=1
+  mkdir -p "$work/home"
+  ( cd "$work/src" && HOME="$work/home" GOFLAGS= make WHAT="$targets" >&2 ) || die "build of $targets failed"
+  for target in $targets; do
+    name=${target#cmd/}
+    dest=$bin; [ "$name" = kubectl ] && dest=$kubectl_bin
+    mkdir -p "$(dirname "$dest")"
+    cp "$work/src/_output/bin/$name" "$dest.tmp"
+    mv "$dest.tmp" "$dest"
+    log "built $("$dest" version --client --short 2>/dev/null || "$dest" --version)"
+  done
+fi
+link_kubectl
 echo "$bin"
