@@ -4,10 +4,10 @@
 apt packages, kube-apiserver built once from Debian's source package and
 cached), starts etcd (data on tmpfs) and kube-apiserver on free loopback
 ports, waits for ``/readyz``, writes one kubeconfig per identity and applies
-kubestream's RBAC (``k8s/rbac.yaml``) to those identities:
+kubestream's RBAC (``k8s/base/rbac.yaml``) to those identities:
 
 - ``admin``: system:masters (tests' own setup and assertions, kubectl);
-- ``launcher``, ``watcher``: bound to the ClusterRoles shipped in k8s/;
+- ``launcher``, ``watcher``: bound to the ClusterRoles shipped in k8s/base/;
 - ``kubelet``: the simulated kubelet's node permissions;
 - ``executor``: no permissions at all (the scheduler needs none).
 
@@ -34,9 +34,9 @@ from typing import Any
 from devkit.procs import free_port, pid_alive, spawn, stop_pid, wait_for
 
 IDENTITIES = ("admin", "launcher", "watcher", "kubelet", "executor")
-COMPONENTS = ("launcher", "watcher")  # bound, in every task namespace, to their ClusterRole of k8s/rbac.yaml
+COMPONENTS = ("launcher", "watcher")  # bound, in every task namespace, to their ClusterRole of k8s/base/rbac.yaml
 PROVISION_SCRIPT = Path(__file__).with_name("provision.sh")
-REPO_RBAC = Path(__file__).resolve().parents[1] / "k8s" / "rbac.yaml"
+REPO_RBAC = Path(__file__).resolve().parents[1] / "k8s" / "base" / "rbac.yaml"
 
 KUBELET_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes", "nodes/status"], "verbs": ["get", "list", "create", "update", "patch"]},

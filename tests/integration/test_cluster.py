@@ -45,7 +45,7 @@ def test_each_component_acts_under_its_own_rbac(api_for, namespace) -> None:
 
 
 # --------------------------------------------------------------------------- RBAC: what each identity may do
-# k8s/rbac.yaml grants exactly the pod calls the code makes (kubestream/kubeapi.py PodApi):
+# k8s/base/rbac.yaml grants exactly the pod calls the code makes (kubestream/kubeapi.py PodApi):
 # the launcher creates, gets (after a 409, for a revoke) and deletes (revoke) pods; the
 # watcher lists, watches and deletes them; the scheduler (executor) has no Kubernetes rights.
 
@@ -104,7 +104,7 @@ def unbound_namespace(admin_api: Any) -> Iterator[str]:
 
 
 def test_the_shipped_roles_grant_exactly_the_pod_calls_the_code_makes() -> None:
-    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "base" / "rbac.yaml").read_text()) if d]
     roles = {d["metadata"]["name"]: d["rules"] for d in docs if d["kind"] == "ClusterRole"}
     for component in ("launcher", "watcher"):
         granted = {(resource, verb) for rule in roles[f"kubestream-{component}"] for resource in rule["resources"]
@@ -176,14 +176,14 @@ def test_the_task_namespace_manifest_parses_and_applies(admin_api) -> None:
     # The local kube-apiserver is v1.20: Pod Security Admission came in 1.22 (alpha) / 1.23 (beta,
     # on by default), so it ignores these labels. What is tested here is that the manifest is
     # valid and applies; its enforcement is the cluster's, in production.
-    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "task-namespace.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "base" / "task-namespace.yaml").read_text()) if d]
     assert [d["kind"] for d in docs] == ["Namespace", "RoleBinding", "RoleBinding"]
     namespace, bindings = docs[0], docs[1:]
     labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
     assert labels["pod-security.kubernetes.io/audit"] == "restricted"
     assert labels["pod-security.kubernetes.io/warn"] == "restricted"
-    rbac_docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text()) if d]
+    rbac_docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "base" / "rbac.yaml").read_text()) if d]
     roles = {d["metadata"]["name"] for d in rbac_docs if d["kind"] == "ClusterRole"}
     assert {b["roleRef"]["name"] for b in bindings} == roles
     assert all(b["metadata"]["namespace"] == namespace["metadata"]["name"] for b in bindings)
