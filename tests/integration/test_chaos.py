@@ -36,3 +36,65 @@ def test_nothing_lost_or_duplicated_under(fault, local_cluster, cluster, redis_s
     assert figures.pods_created == CONFIG.tasks, detail  # one pod per task, none missing
     # every 3rd task's pod exits 1: the executor says so, and nothing else
     assert figures.final_states == {"success": CONFIG.tasks - CONFIG.tasks // 3, "failed": CONFIG.tasks // 3}, detail
+
+
+class _Ledger:
+    """What the apiserver saw, written down by hand."""
+
+    def __init__(self, pods: dict[str, list[tuple[str, str | None]]]) -> None:
+        self.pods = pods  # pod name -> [(dispatch, outcome)] per pod object
+
+    def creations(self):
+        from collections import Counter
+
+        return Counter((name, d) for name, objs in self.pods.items() for d, _ in objs)
+
+    def outcome(self, name):
+        done = [o for _, o in self.pods.get(name, []) if o]
+        return done[-1] if done else None
+
+    def records(self, name):
+        return []
+
+
+class _Streams:
+    def task(self, pod):
+        return {"state": "running"}
+
+
+def test_the_figures_count_what_they_say() -> None:
+    """The tally can fail: each kind of broken promise lands in its own figure, with the task named."""
+    from types import SimpleNamespace
+
+    from bench.chaos import TaskRun, _tally
+
+    def run(task: str, expected: str, finals: list[tuple[str, str]]) -> TaskRun:
+        work = SimpleNamespace(ti=SimpleNamespace(external_executor_id=f"d-{task}"))
+        return TaskRun(task, "rule", expected, work, f"pod-{task}", finals=finals)
+
+    runs = [
+        run("ok", "success", [("success", "")]),
+        run("exit1", "failed", [("failed", "Error (exit code 1)")]),
+        run("lost", "success", []),
+        run("twice", "success", [("success", ""), ("success", "")]),
+        run("faulted", "success", [("failed", "pod deleted while running")]),
+        run("nopod", "success", [("success", "")]),  # success, yet no pod of it ever finished
+        run("deadletter", "success", [("failed", "dead-lettered")]),  # failed without a pod
+        run("dup", "success", [("success", "")]),
+    ]
+    ledger = _Ledger({
+        "pod-ok": [("d-ok", "success")], "pod-exit1": [("d-exit1", "failed")], "pod-lost": [("d-lost", None)],
+        "pod-twice": [("d-twice", "success")], "pod-faulted": [("d-faulted", "success")],
+        "pod-dup": [("d-dup", "success"), ("d-dup", "success")], "pod-elsewhere": [("x", "success")],
+    })
+    figures = PhaseFigures(fault="synthetic")
+    _tally(figures, runs, ledger, _Streams())
+    assert (figures.tasks_submitted, figures.pods_created, figures.duplicate_pods) == (8, 7, 1)
+    assert [r["task"] for r in figures.details["lost"]] == ["lost"]
+    assert [r["task"] for r in figures.details["wrong_states"]] == ["faulted", "nopod"]
+    assert [r["task"] for r in figures.details["failed_by_fault"]] == ["faulted", "deadletter"]
+    assert [r["task"] for r in figures.details["duplicate_final_states"]] == ["twice"]
+    assert figures.details["duplicate_pods"] == [{"pod": "pod-dup", "dispatch": "d-dup", "pod_objects": 2}]
+    assert (figures.tasks_lost, figures.wrong_states, figures.failed_by_fault, figures.duplicate_final_states) == \
+        (1, 2, 2, 1)
+    assert figures.final_states == {"success": 4, "failed": 3} and figures.broken
