@@ -52,6 +52,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -562,6 +563,16 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
+def source_version() -> str:
+    """``git describe --always --dirty`` of the code measured ("" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def parse_faults(text: str) -> list[str]:
     names = list(FAULTS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FAULTS]
@@ -633,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _shield_signals()
         if phases:
             report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": machine(),
+                      "source": source_version(),
                       "config": asdict(config), "settings": SETTINGS, "faults": args.faults,
                       "seconds": round(time.monotonic() - started, 1), "total": totals(phases),
                       "phases": [asdict(p) for p in phases]}
