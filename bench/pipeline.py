@@ -68,9 +68,10 @@ from devkit.isolated import IsolatedProxy, proxied_kubeconfig, start_kubelet, st
 from devkit.pipeline import Pipeline
 from devkit.probe import Streams
 from devkit.redisserver import RedisServer
+from devkit.workloads import DEV_SIGNING_KEYS, signed
 from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, raw
-from kubestream.messages import FIELD, LaunchTask, TaskState, TaskStateChanged, encode
+from kubestream.messages import LaunchTask, TaskState, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
@@ -118,7 +119,8 @@ class Rig:
     def settings(self, *, namespace: str, queue: str, scheduler_id: str) -> Settings:
         """Settings with a key prefix of their own (a phase never sees another's streams)."""
         return Settings.from_mapping({"redis_url": self.redis_url, "key_prefix": f"b{uuid.uuid4().hex[:8]}",
-                                      "scheduler_id": scheduler_id, "namespace": namespace, "queues": queue})
+                                      "scheduler_id": scheduler_id, "namespace": namespace, "queues": queue,
+                                      "signing_keys": DEV_SIGNING_KEYS})
 
     def settle(self, namespace: str, expected: int) -> None:
         """Check that a round created ``expected`` pods in ``namespace``, then delete them (unbound pods
@@ -211,7 +213,8 @@ def launchers_phase(pipeline: Pipeline, redis_client: redis.Redis, pods: int, ru
     for i in range(pods):
         key = TaskKey("ks", f"t{i}", run, 1)
         store.record_dispatch(pipe, key, owner="bench", queue=queue, namespace=settings.namespace, dispatch="")
-        pipe.xadd(stream, {FIELD: encode(LaunchTask(key=key, queue=queue, scheduler_id="bench", workload_json="{}"))})
+        pipe.xadd(stream, signed(settings, stream,
+                                 encode(LaunchTask(key=key, queue=queue, scheduler_id="bench", workload_json="{}"))))
     t0 = time.perf_counter()
     pipe.execute()
     # a launcher deletes an entry once it is settled: an empty stream = all handled (settle() counts the pods)
@@ -294,7 +297,7 @@ def executor_batch_phase(rig: Rig, tasks: int = EXECUTOR_BATCH, queue: str = "un
         c0, t0 = time.process_time(), time.perf_counter()
         ex.trigger_tasks(tasks)
         dispatch_cpu, dispatch_wall = time.process_time() - c0, time.perf_counter() - t0
-        store = TaskStore(ex.redis, ex.keys, ex.settings)
+        store = TaskStore(ex.redis, ex.keys, ex.settings, ex.signer)
         for w in work:
             k = w.ti.key
             store.publish(TaskStateChanged(TaskKey(k.dag_id, k.task_id, k.run_id, k.try_number, k.map_index),

@@ -52,7 +52,8 @@ class ClusterError(RuntimeError):
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("KUBESTREAM_CLUSTER_DIR", Path(tempfile.gettempdir()) / f"kubestream-cluster-{os.getuid()}"))
+    default = Path(tempfile.gettempdir()) / f"kubestream-cluster-{os.getuid()}"
+    return Path(os.environ.get("KUBESTREAM_CLUSTER_DIR", default))
 
 
 def provision() -> str:
@@ -107,7 +108,8 @@ class LocalCluster:
 
     def running(self) -> ClusterState | None:
         state = self.load()
-        if state and state.etcd_pid and state.apiserver_pid and pid_alive(state.etcd_pid) and pid_alive(state.apiserver_pid):
+        if state and state.etcd_pid and state.apiserver_pid and pid_alive(state.etcd_pid) \
+                and pid_alive(state.apiserver_pid):
             return state
         return None
 

@@ -32,6 +32,7 @@ from devkit.kubelet import SimKubelet
 from devkit.postgres import PostgresServer
 from devkit.procs import spawn, stop_pid, wait_for
 from devkit.redisserver import RedisServer
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.kubeapi import api_client
 
 DAG_ID = "kubestream_demo"
@@ -67,12 +68,13 @@ class Demo:
         state = self.cluster.up((NAMESPACE,))
         dags = Path(__file__).with_name("demo_dags")
         stack = self.stack = AirflowStack(self.work / "airflow", dags, self.postgres.url, {
-            "redis_url": self.redis.url, "namespace": NAMESPACE},
+            "redis_url": self.redis.url, "namespace": NAMESPACE, "signing_keys": DEV_SIGNING_KEYS},
             extra={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"})
         self.kubelet = SimKubelet(api_client(state.kubeconfig("kubelet")), node_name="demo-node", mode="process",
                                   namespaces=[NAMESPACE], work_dir=self.work / "pods",
                                   extra_env=stack.task_env()).start()
-        env = {**os.environ, "KUBESTREAM_REDIS_URL": self.redis.url, "KUBESTREAM_NAMESPACE": NAMESPACE}
+        env = {**os.environ, "KUBESTREAM_REDIS_URL": self.redis.url, "KUBESTREAM_NAMESPACE": NAMESPACE,
+               "KUBESTREAM_SIGNING_KEYS": DEV_SIGNING_KEYS}
         for name, identity in (("launcher-1", "launcher"), ("launcher-2", "launcher"), ("watcher", "watcher")):
             proc = spawn([sys.executable, "-m", "kubestream.cli", identity],
                          self.work / f"{name}.log", env={**env, "KUBESTREAM_KUBE_CONFIG": state.kubeconfig(identity),

@@ -13,6 +13,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
+from kubestream.settings import Settings
+from kubestream.signing import signer_for
+
 SIM_ANNOTATION = "kubestream.io/sim"
 
 
@@ -49,3 +54,12 @@ def jwt_with(claims: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     return f"{part({'alg': 'HS512', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+# The signing key of tests, the benchmark and the local demo: public, so never a production key.
+DEV_SIGNING_KEYS = "dev=" + base64.b64encode(b"kubestream-dev-key-never-secret!").decode()
+
+
+def signed(settings: Settings, stream: str, raw: bytes) -> dict[FieldT, EncodableT]:
+    """Stream entry fields for ``raw`` as kubestream's own components write them to ``stream``."""
+    return signer_for(settings).sign(stream, raw)

@@ -44,26 +44,28 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS,
                 *_keys(k.launch("*"), k.task("*"), k.dead, k.results(own)),
                 "+multi", "+exec", "+discard",
-                "+hdel", "+hset", "+hmget", "+hgetall", "+expire", "+exists",  # records (and the adopt script)
+                "+hdel", "+hset", "+hget", "+hmget", "+hgetall", "+expire", "+exists",  # records, adopt script
                 "+xadd", "+xgroup|create", "+xreadgroup", "+xack",  # launches, results, dead letters
                 _selector(_keys(k.scheduler(own)), ("+set", "+get", "+pexpire", "+del"))]  # its liveness key
     if component == "launcher":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+multi", "+exec", "+discard",
                 "+time",  # the rate limiter's clock
                 *_keys(k.task("*"), k.dead, k.results("*"), k.live, k.rate_limit),
-                "+xadd", "+hmget", "+hset", "+expire", "+sadd", "+srem", "+pexpire",  # failed launches, rate limit
+                "+xadd", "+hget", "+hmget", "+hset", "+expire", "+sadd", "+srem", "+pexpire",  # failed launches
+                "+scan",  # `kubestream launcher --check` finds its health key
                 _selector(_keys(k.launch("*")), ("+xreadgroup", "+xack", "+xdel", "+xpending", "+xclaim",
                                                  "+xautoclaim", "+xgroup|create", "+xgroup|createconsumer")),
                 # the failed-launch script names a launch stream among its keys; its inner commands are
                 # still checked one by one (no XADD to a launch stream from a script either)
                 _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), k.live), _SCRIPTS),
-                _selector(_keys(k.health("launcher", "*")), ("+hset", "+pexpire", "+del"))]
+                _selector(_keys(k.health("launcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]
     if component == "watcher":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+multi", "+exec", "+discard",
                 *_keys(k.task("*"), k.results("*"), k.live, f"{k.base}:watcher:*", f"{k.base}:epoch"),
-                "+hmget", "+hset", "+hdel", "+hincrby", "+hgetall", "+xadd", "+expire", "+sadd", "+srem", "+smembers",
+                "+hget", "+hmget", "+hset", "+hdel", "+hincrby", "+hgetall", "+xadd", "+expire", "+sadd", "+srem",
+                "+smembers", "+scan",
                 "+get", "+set", "+pexpire", "+del", "+incr", "+exists",  # checkpoints, lease, epoch
-                _selector(_keys(k.health("watcher", "*")), ("+hset", "+pexpire", "+del"))]
+                _selector(_keys(k.health("watcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]
     if component == "janitor":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, "+scan",
                 *_keys(k.results("*"), k.launch("*"), k.scheduler("*")),

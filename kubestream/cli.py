@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
     from kubestream.redisconn import redacted_url
+    from kubestream.signing import SigningKeyError
 
     args = build_parser().parse_args(argv)
     try:
@@ -175,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = redacted_url(os.environ.get("KUBESTREAM_REDIS_URL", "the default URL"))
         print(f"kubestream: cannot reach Redis ({url}): {exc}", file=sys.stderr)
         return 3
+    except SigningKeyError as exc:
+        print(f"kubestream: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ and the watcher can be upgraded before the schedulers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -229,3 +231,45 @@ def _check_types(message: Message) -> None:
         value = getattr(message, name, None)
         if value is not None and not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number")
+
+
+def message_digest(raw: bytes) -> str:
+    """What a task record keeps of its launch message: enough to recognise it, nothing to read from it."""
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+REDACTED = "<redacted>"
+_CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+
+
+def redact(raw: bytes) -> bytes:
+    """A stream entry's message as it may be kept at rest (dead letters): the workload's token and the env
+    values of pod_override / pod_template replaced by ``<redacted>``. An entry that is not a readable map
+    keeps only its size and digest (it may hold anything)."""
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types
+        data = None
+    if not isinstance(data, dict):
+        return cast(bytes, msgpack.packb({"unreadable": f"{len(raw)} bytes, sha256 "
+                                                        f"{hashlib.sha256(raw).hexdigest()[:16]}"}))
+    workload = data.get("workload_json")
+    if isinstance(workload, str):
+        try:
+            parsed = json.loads(workload)
+            if isinstance(parsed, dict) and "token" in parsed:
+                parsed["token"] = REDACTED
+            data["workload_json"] = json.dumps(parsed)
+        except ValueError:
+            data["workload_json"] = REDACTED
+    for name in ("pod_override", "pod_template"):
+        pod = data.get(name)
+        spec = pod.get("spec") if isinstance(pod, dict) else None
+        containers = [c for list_name in _CONTAINER_LISTS if isinstance(spec, dict)
+                      and isinstance(spec.get(list_name), list) for c in spec[list_name]]
+        for container in containers:
+            envs = container.get("env") if isinstance(container, dict) else None
+            for env in envs if isinstance(envs, list) else []:
+                if isinstance(env, dict) and "value" in env:
+                    env["value"] = REDACTED
+    return cast(bytes, msgpack.packb(data, use_bin_type=True))

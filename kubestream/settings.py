@@ -161,6 +161,16 @@ class Settings:
         "Client certificate for Redis servers that require one (rediss://).", _str))
     redis_tls_key_file: str = field(default="", metadata=_doc(
         "Private key of `redis_tls_cert_file`.", _str))
+    signing_keys: str = field(default="", metadata=_doc(
+        "Keys that sign and verify every stream message, `id=base64key,...` (32+ bytes each; the first signs, all "
+        "verify). The same on the scheduler, launchers and watcher; never stored in Redis. Use a Secret / "
+        "Airflow `_secret`.", _str))
+    signing_keys_file: str = field(default="", metadata=_doc(
+        "File holding `signing_keys` (one entry per line), e.g. a mounted Kubernetes Secret; wins over "
+        "`signing_keys`.", _str))
+    allow_unsigned: bool = field(default=False, metadata=_doc(
+        "Run without signing keys: anyone who can write to Redis can then start pods. Logged as a warning at "
+        "every start. Never in production.", _bool))
     key_prefix: str = field(default="kubestream", metadata=_doc(
         "Prefix of every Redis key; wrapped in braces so all keys share one Redis Cluster slot.", _prefix))
     scheduler_id: str = field(default="", metadata=_doc(

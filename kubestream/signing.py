@@ -28,7 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from redis.typing import EncodableT, FieldT
+
 from kubestream.messages import FIELD
+from kubestream.settings import Settings
 
 KEY_FIELD = b"k"
 SIG_FIELD = b"s"
@@ -76,7 +79,7 @@ class Signer:
     def _mac(self, key: bytes, stream: str, payload: bytes) -> bytes:
         return hmac.new(key, b"\0".join((_DOMAIN, stream.encode(), payload)), hashlib.sha256).hexdigest().encode()
 
-    def sign(self, stream: str, payload: bytes) -> dict[bytes, bytes]:
+    def sign(self, stream: str, payload: bytes) -> dict[FieldT, EncodableT]:
         """The stream entry's fields for ``payload`` written to ``stream``."""
         mac = self._mac(self.keys[self.key_id], stream, payload)
         return {FIELD: payload, KEY_FIELD: self.key_id.encode(), SIG_FIELD: mac}
@@ -101,7 +104,7 @@ class Unsigned:
 
     key_id = ""
 
-    def sign(self, stream: str, payload: bytes) -> dict[bytes, bytes]:
+    def sign(self, stream: str, payload: bytes) -> dict[FieldT, EncodableT]:
         return {FIELD: payload}
 
     def verify(self, stream: str, fields: Mapping[bytes, bytes]) -> bytes:
@@ -126,6 +129,16 @@ def load_signer(*, keys: str, keys_file: str, allow_unsigned: bool) -> Signer | 
         return Unsigned()
     raise SigningKeyError("no signing key: set signing_keys or signing_keys_file (the same keys for the scheduler, "
                           "launchers and watcher), or allow_unsigned=true to run without (not recommended)")
+
+
+def signer_for(settings: Settings) -> Signer | Unsigned:
+    """The component's signer from its settings (``SigningKeyError`` when none is configured)."""
+    return load_signer(keys=settings.signing_keys, keys_file=settings.signing_keys_file,
+                       allow_unsigned=settings.allow_unsigned)
+
+
+UNSIGNED_WARNING = ("allow_unsigned=true and no signing keys: stream messages are neither signed nor verified, so "
+                    "anyone who can write to Redis can start pods")
 
 
 def new_key() -> str:

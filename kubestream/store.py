@@ -40,12 +40,15 @@ from redis.typing import EncodableT
 
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.luascripts import Script
-from kubestream.messages import TaskState, TaskStateChanged, encode
+from kubestream.messages import TaskState, TaskStateChanged, encode, redact
 from kubestream.settings import Settings
+from kubestream.signing import KEY_FIELD, SIG_FIELD, Signer, Unsigned
 from kubestream.taskkey import TaskKey
 from kubestream.text import as_text, decode_hash
 
 NOT_LEASE_HOLDER = "not the lease holder"  # Published.detail of a fenced write refused
+OWNER_CHANGED = "owner changed"  # Published.detail: adopted between signing and publishing; signed again
+OWNER_RETRIES = 5
 LIVE_STATES = ("pending", "running")
 
 
@@ -87,10 +90,12 @@ class Published:
 class TaskStore:
     """Task records and atomic state publication for one key prefix."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings,
+                 signer: Signer | Unsigned | None = None) -> None:
         self.redis = client
         self.keys = keys
         self.settings = settings
+        self.signer = signer or Unsigned()  # signs the results this process publishes
         self._publish = Script(client, "publish.lua")
         self._fail_launch = Script(client, "fail_launch.lua")
         self._adopt = Script(client, "adopt.lua")
@@ -98,14 +103,16 @@ class TaskStore:
 
     # -- executor side ---------------------------------------------------------------
     def record_dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
-                 dispatch: str) -> None:
-        """Queue the commands that (re)start a task's record for a new dispatch on ``pipe``."""
+                        dispatch: str, digest: str = "") -> None:
+        """Queue the commands that (re)start a task's record for a new dispatch on ``pipe``. ``digest``: of
+        the launch message (``message_digest``), so a launcher can tell the executor's own message whose
+        signature failed (the keys differ) from a forgery."""
         record = self.keys.task(key.pod_name())
         pipe.hdel(record, "state", "reason", "revoked")
         pipe.hset(record, mapping={
             "owner": owner, "dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id,
             "try_number": key.try_number, "map_index": key.map_index, "queue": queue,
-            "namespace": namespace, "dispatch": dispatch, "updated": f"{time.time():.3f}",
+            "namespace": namespace, "dispatch": dispatch, "digest": digest, "updated": f"{time.time():.3f}",
         })
         pipe.expire(record, self.settings.task_ttl_seconds)
 
@@ -166,11 +173,16 @@ class TaskStore:
         ``dispatch``: the dispatch of the event's pod, which must be the record's ("" for a pod without
         one); None: whatever dispatch the record has. ``fence``: the watcher's lease; the write is refused
         (detail ``NOT_LEASE_HOLDER``, nothing written) once it no longer holds."""
-        return _published(self._publish(
-            task=self.keys.task(event.key.pod_name()), **self._event_args(event, dispatch or ""),
-            any_dispatch="1" if dispatch is None else "0",
-            token=fence.token if fence else "", epoch=str(fence.epoch) if fence else "",
-        ))
+        task = self.keys.task(event.key.pod_name())
+        for _ in range(OWNER_RETRIES):
+            published = _published(self._publish(
+                task=task, **self._event_args(event, dispatch or "", self._owner(task)),
+                any_dispatch="1" if dispatch is None else "0",
+                token=fence.token if fence else "", epoch=str(fence.epoch) if fence else "",
+            ))
+            if published.detail != OWNER_CHANGED:
+                break
+        return published
 
     def fail_launch(self, stream: str, entry_id: str, event: TaskStateChanged | None,
                     *, dead_reason: str = "", raw: bytes = b"", dispatch: str = "") -> Published:
@@ -178,20 +190,34 @@ class TaskStore:
         and publish ``event`` (a FAILED state), atomically. Without an event nothing is
         published (the task is unknown). ``dispatch``: the launch's dispatch; the state is
         dropped when the record's current dispatch is another one ("" = whatever it is)."""
-        return _published(self._fail_launch(
-            stream=stream, task=self.keys.task(event.key.pod_name() if event else "-"), dead=self.keys.dead,
-            group=LAUNCH_GROUP, entry=entry_id, dead_reason=dead_reason, raw=raw,
-            dead_maxlen=self.settings.dead_letters_maxlen, **self._event_args(event, dispatch),
+        task = self.keys.task(event.key.pod_name() if event else "-")
+        published = _published(self._fail_launch(
+            stream=stream, task=task, dead=self.keys.dead,
+            group=LAUNCH_GROUP, entry=entry_id, dead_reason=dead_reason, raw=redact(raw) if raw else raw,
+            dead_maxlen=self.settings.dead_letters_maxlen,
+            **self._event_args(event, dispatch, self._owner(task) if event else ""),
         ))
+        if published.detail == OWNER_CHANGED and event is not None:  # adopted meanwhile: sign for the new owner
+            return self.publish(event, dispatch or None)
+        return published
 
-    def _event_args(self, event: TaskStateChanged | None, dispatch: str) -> dict[str, EncodableT]:
-        """The ARGV of ``_publish.lua``'s ``publish`` by name; state '' when there is no event."""
+    def _owner(self, task: str) -> str:
+        """The task's owner now, which the result is signed for ('' when the task is unknown)."""
+        return as_text(self.redis.hget(task, "owner"))
+
+    def _event_args(self, event: TaskStateChanged | None, dispatch: str, owner: str) -> dict[str, EncodableT]:
+        """The ARGV of ``_publish.lua``'s ``publish`` by name; state '' when there is no event. The event is
+        signed for the result stream of ``owner`` (the script refuses it if the owner changed meanwhile)."""
         if event is None:
             return {"base": self.keys.base, "state": "", "reason": "", "event": "", "maxlen": 0, "ttl": 0,
-                    "now": 0, "live_pod": "", "dispatch": dispatch}
+                    "now": 0, "live_pod": "", "dispatch": dispatch, "owner": "", "key_id": "", "sig": ""}
+        raw = encode(event)
+        signed = self.signer.sign(self.keys.results(owner), raw) if owner else {}
         return {
+            "owner": owner if signed.get(SIG_FIELD) else "",
+            "key_id": signed.get(KEY_FIELD, b""), "sig": signed.get(SIG_FIELD, b""),
             "base": self.keys.base, "state": event.state.value, "reason": event.reason[:2000],
-            "event": encode(event), "maxlen": self.settings.results_maxlen,
+            "event": raw, "maxlen": self.settings.results_maxlen,
             "ttl": min(self.settings.final_record_ttl_seconds, self.settings.task_ttl_seconds),
             "now": f"{time.time():.3f}",
             "live_pod": f"{event.namespace}/{event.pod_name}" if event.namespace else "",

@@ -21,6 +21,7 @@ import redis
 
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.redisserver import RedisServer
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.keys import Keys
 from kubestream.settings import Settings
 
@@ -112,7 +113,7 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
     return Settings.from_mapping({
         "redis_url": redis_server.url, "key_prefix": key_prefix, "namespace": namespace,
         "scheduler_id": "sched-a", "kube_config": cluster.kubeconfig("launcher"),
-        "reclaim_idle_seconds": "5", "retry_budget_seconds": "2",
+        "reclaim_idle_seconds": "5", "retry_budget_seconds": "2", "signing_keys": DEV_SIGNING_KEYS,
     })
 
 

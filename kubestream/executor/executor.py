@@ -22,9 +22,10 @@ from kubestream.executor import results
 from kubestream.executor.config import settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
-from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode
+from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
 from kubestream.redisconn import connect, eviction_warning
 from kubestream.settings import Settings
+from kubestream.signing import UNSIGNED_WARNING, Signer, SigningKeyError, Unsigned, signer_for
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.text import StreamFields, as_text, stream_entries
@@ -57,6 +58,7 @@ class KubeStreamExecutor(BaseExecutor):
         self._adopt_later: list[TaskInstance] = []  # adoptions a Redis outage interrupted
         self._next_reconcile = 0.0
         self._token = uuid.uuid4().hex  # this process's claim on its scheduler_id
+        self.signer: Signer | Unsigned = Unsigned()  # replaced in start()
         self._next_alive = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -70,7 +72,13 @@ class KubeStreamExecutor(BaseExecutor):
         self.scheduler_id = self.settings.scheduler_id or (
             f"job-{self.job_id}" if getattr(self, "job_id", None) else socket.gethostname())
         self.redis = connect(self.settings, role="executor")
-        self.store = TaskStore(self.redis, self.keys, self.settings)
+        try:
+            self.signer = signer_for(self.settings)
+        except SigningKeyError as exc:
+            raise SigningKeyError(f"[kubestream] {exc}") from None
+        if isinstance(self.signer, Unsigned):
+            self.log.warning("%s", UNSIGNED_WARNING)
+        self.store = TaskStore(self.redis, self.keys, self.settings, self.signer)
         self._claim_scheduler_id()
         self._ensure_group()
         warning = eviction_warning(self.redis)
@@ -179,8 +187,9 @@ class KubeStreamExecutor(BaseExecutor):
         for _, msg, raw in launches:
             self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
                                        namespace=self.settings.namespace_for_queue(msg.queue),
-                                       dispatch=msg.external_executor_id)
-            pipe.xadd(self.keys.launch(msg.queue), {FIELD: raw})
+                                       dispatch=msg.external_executor_id, digest=message_digest(raw))
+            stream = self.keys.launch(msg.queue)
+            pipe.xadd(stream, self.signer.sign(stream, raw))
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -220,7 +229,7 @@ class KubeStreamExecutor(BaseExecutor):
             return self.apply_results()
         if not entries:
             return 0
-        events, bad = results.decode_entries(entries)
+        events, bad = results.decode_entries(entries, self.results_stream, self.signer)
         for eid, reason in bad:
             self.log.error("dead-lettering undecodable result %s: %s", eid, reason)
             self._dead_letter(eid, reason, dict(entries)[eid])
@@ -362,7 +371,8 @@ class KubeStreamExecutor(BaseExecutor):
         try:
             pipe = self.redis.pipeline(transaction=True)  # the flag and the command, both or neither
             self.store.revoke([key.pod_name()], pipe)
-            pipe.xadd(self.keys.launch(queue), {FIELD: encode(revoke)})
+            stream = self.keys.launch(queue)
+            pipe.xadd(stream, self.signer.sign(stream, encode(revoke)))
             pipe.execute()
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)

@@ -11,7 +11,7 @@ from typing import Any
 
 from kubestream import __version__
 
-SENSITIVE = frozenset({"redis_url"})
+SENSITIVE = frozenset({"redis_url", "signing_keys"})
 
 
 def get_provider_info() -> dict[str, Any]:

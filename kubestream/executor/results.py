@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 
 from kubestream.executor.airflowtypes import ResultSink, TaskInstanceKeyLike
 from kubestream.executor.launches import airflow_key
-from kubestream.messages import FIELD, DecodeError, TaskState, TaskStateChanged, decode
+from kubestream.messages import DecodeError, TaskState, TaskStateChanged, decode
+from kubestream.signing import SignatureError, Signer, Unsigned
 from kubestream.taskkey import TaskKey
 from kubestream.text import StreamFields
 
@@ -26,13 +27,17 @@ FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "up
 
 
 def decode_entries(
-    entries: Iterable[tuple[str, StreamFields | None]],
+    entries: Iterable[tuple[str, StreamFields | None]], stream: str, signer: Signer | Unsigned,
 ) -> tuple[list[TaskStateChanged], list[tuple[str, str]]]:
+    """Verify each entry's signature for ``stream``, then decode it; (events, [(entry id, why not)])."""
     events: list[TaskStateChanged] = []
     bad: list[tuple[str, str]] = []
     for eid, fields in entries:
         try:
-            msg = decode((fields or {}).get(FIELD, b""))
+            msg = decode(signer.verify(stream, fields or {}))
+        except SignatureError as exc:
+            bad.append((eid, f"signature: {exc}"))
+            continue
         except DecodeError as exc:
             bad.append((eid, str(exc)))
             continue

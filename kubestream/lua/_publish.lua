@@ -16,6 +16,10 @@
 --   ev.live_pod      "<namespace>/<pod>" ('' = none): the {p}:live member is "<namespace>/<pod>/<dispatch>"
 --   ev.dispatch      the dispatch id the event's pod belongs to ('' for a pod without one)
 --   ev.any_dispatch  true: the event belongs to whatever dispatch the record has (ev.dispatch ignored)
+--   ev.owner         the owner the event was signed for ('' = not signed): a record that names another
+--                    owner (adopted meanwhile) returns {0, 'owner changed'} and the caller signs again
+--   ev.key_id        the signing key's id, XADDed as field `k` ('' = unsigned: no `k`, no `s`)
+--   ev.sig           HMAC of the event for {p}:results:<ev.owner>, XADDed as field `s`
 -- It drops the event for an unknown task, another dispatch than the record's, a revoked task,
 -- a duplicate, anything after a final state and a regression (running after succeeded).
 -- A final state removes its {p}:live member whether it is published or dropped (the pod is done).
@@ -35,6 +39,7 @@ local function publish(task, base, ev)
     return {0, why}
   end
   if not owner then return drop('unknown task') end
+  if ev.owner ~= '' and owner ~= ev.owner then return {0, 'owner changed'} end
   if dispatch ~= current then return drop('stale dispatch') end
   if revoked == '1' then return drop('revoked') end
   if last == ev.state then return drop('duplicate') end
@@ -44,7 +49,13 @@ local function publish(task, base, ev)
     return drop('stale: ' .. ev.state .. ' after ' .. last)
   end
   redis.call('HSET', task, 'state', ev.state, 'reason', ev.reason, 'updated', ev.now)
-  local id = redis.call('XADD', base .. ':results:' .. owner, 'MAXLEN', '~', ev.maxlen, '*', 'm', ev.event)
+  local results = base .. ':results:' .. owner
+  local id
+  if ev.key_id ~= '' then
+    id = redis.call('XADD', results, 'MAXLEN', '~', ev.maxlen, '*', 'm', ev.event, 'k', ev.key_id, 's', ev.sig)
+  else
+    id = redis.call('XADD', results, 'MAXLEN', '~', ev.maxlen, '*', 'm', ev.event)
+  end
   if final then
     redis.call('EXPIRE', task, ev.ttl)
     if member ~= '' then redis.call('SREM', live, member) end

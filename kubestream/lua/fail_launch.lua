@@ -20,6 +20,9 @@
 -- ARGV[13] live_pod: "<namespace>/<pod>" of the {p}:live member ('' = none)
 -- ARGV[14] dispatch: the dispatch id of the failed launch ('' = whatever dispatch the record has);
 --          the state is dropped when the record's current dispatch is another one
+-- ARGV[15] owner: the owner the event was signed for ('' = unsigned)
+-- ARGV[16] key_id: the signing key's id ('' = unsigned)
+-- ARGV[17] sig: the event's signature for {p}:results:<owner>
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'no task'} when
 -- state is '').
 
@@ -40,6 +43,9 @@ local ttl = ARGV[11]
 local now = ARGV[12]
 local live_pod = ARGV[13]
 local dispatch = ARGV[14]
+local owner = ARGV[15]
+local key_id = ARGV[16]
+local sig = ARGV[17]
 
 redis.call('XACK', stream, group, entry)
 redis.call('XDEL', stream, entry)
@@ -51,4 +57,5 @@ if state == '' then return {0, 'no task'} end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
   live_pod = live_pod, dispatch = dispatch, any_dispatch = dispatch == '',
+  owner = owner, key_id = key_id, sig = sig,
 })

@@ -16,6 +16,9 @@
 -- ARGV[10] any_dispatch: '1' = the event belongs to whatever dispatch the record has, '0' = to dispatch
 -- ARGV[11] token: the watcher's lease token ('' = not fenced: not a watcher)
 -- ARGV[12] epoch: the lease epoch the watcher acquired ('' when not fenced)
+-- ARGV[13] owner: the owner the event was signed for ('' = unsigned)
+-- ARGV[14] key_id: the signing key's id ('' = unsigned)
+-- ARGV[15] sig: the event's signature for {p}:results:<owner>
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'not the lease holder'}
 -- when token no longer holds the lease: nothing is written).
 
@@ -32,9 +35,13 @@ local dispatch = ARGV[9]
 local any_dispatch = ARGV[10]
 local token = ARGV[11]
 local epoch = ARGV[12]
+local owner = ARGV[13]
+local key_id = ARGV[14]
+local sig = ARGV[15]
 
 if not holds_lease(base, token, epoch) then return {0, 'not the lease holder'} end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
   live_pod = live_pod, dispatch = dispatch, any_dispatch = any_dispatch == '1',
+  owner = owner, key_id = key_id, sig = sig,
 })

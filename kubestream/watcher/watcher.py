@@ -56,6 +56,7 @@ from kubestream.kubeapi import ApiError, Gone, PodApi, PodWatch
 from kubestream.luascripts import Script
 from kubestream.messages import TaskState, TaskStateChanged
 from kubestream.settings import Settings
+from kubestream.signing import UNSIGNED_WARNING, Unsigned, signer_for
 from kubestream.store import LIVE_STATES, NOT_LEASE_HOLDER, Fence, LiveMember, TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_from_annotations
 from kubestream.text import as_text
@@ -132,7 +133,10 @@ class Watcher:
         self.redis = redis_client
         self.pods = pods if pods is not None else PodApi(api)
         self.keys = Keys(settings.key_prefix)
-        self.store = TaskStore(redis_client, self.keys, settings)
+        signer = signer_for(settings)  # SigningKeyError (no key, unsigned not allowed) stops the start
+        if isinstance(signer, Unsigned):
+            log.warning(UNSIGNED_WARNING)
+        self.store = TaskStore(redis_client, self.keys, settings, signer)
         self.name = name or settings.member_name()
         self.metrics = Metrics("watcher")
         self.lease = Lease(redis_client, self.keys.watcher_lease, self.name, settings.lease_seconds,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ class Entry:
     # when this process read or claimed it (time.monotonic()): its retry budget starts there, as
     # its idle time in the group does (the clock other launchers reclaim it by)
     read_at: float = field(default_factory=time.monotonic, compare=False)
+    fields: Mapping[bytes, bytes] = field(default_factory=dict, compare=False)  # all of them: the signature
 
 
 class StreamConsumer:
@@ -70,7 +71,7 @@ class StreamConsumer:
         except redis.ResponseError as exc:
             self._group_lost(exc)
             return []
-        return [Entry(stream, eid, fields.get(FIELD, b""), 1)
+        return [Entry(stream, eid, fields.get(FIELD, b""), 1, fields=fields)
                 for stream, eid, fields in stream_entries(reply) if fields is not None]
 
     def own_pending(self, count: int = 10_000) -> list[Entry]:
@@ -122,7 +123,8 @@ class StreamConsumer:
                 if fields is None:  # deleted while pending (Redis < 7 still returns it): nothing to do
                     self.redis.xack(stream, LAUNCH_GROUP, entry_id)
                     continue
-                claimed.append(Entry(stream, entry_id, fields.get(FIELD, b""), theirs.get(entry_id, 0) + 1))
+                claimed.append(Entry(stream, entry_id, fields.get(FIELD, b""), theirs.get(entry_id, 0) + 1,
+                                     fields=fields))
         if claimed:
             log.info("reclaimed %d idle launch entries", len(claimed))
         return claimed
@@ -137,7 +139,7 @@ class StreamConsumer:
             if fields is None:  # deleted while pending
                 self.redis.xack(stream, LAUNCH_GROUP, eid)
                 continue
-            out.append(Entry(stream, eid, fields.get(FIELD, b""), counts.get(eid, 1)))
+            out.append(Entry(stream, eid, fields.get(FIELD, b""), counts.get(eid, 1), fields=fields))
         return out
 
     def ack(self, entries: Sequence[Entry]) -> None:

@@ -52,9 +52,10 @@ from kubestream.backoff import backoff_delay
 from kubestream.health import Heartbeat, Metrics
 from kubestream.keys import Keys
 from kubestream.kubeapi import REQUEST_TIMEOUT, ApiError, Pod, PodApi, Timeout
-from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode
+from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode, message_digest
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
+from kubestream.signing import UNSIGNED_WARNING, SignatureError, Unsigned, signer_for
 from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.text import as_text
@@ -79,6 +80,7 @@ class Work:
     message: Message | None
     error: DecodeError | None = None
     verdict: str = ""
+    refused: str = ""  # why the entry is not trusted (signature, size): dead-lettered, never acted on
 
 
 class _OlderPodExists(Exception):
@@ -110,7 +112,10 @@ class Launcher:
         self.redis = redis_client
         self.pods = pods if pods is not None else PodApi(api)
         self.keys = Keys(settings.key_prefix)
-        self.store = TaskStore(redis_client, self.keys, settings)
+        self.signer = signer_for(settings)  # SigningKeyError (no key, unsigned not allowed) stops the start
+        if isinstance(self.signer, Unsigned):
+            log.warning(UNSIGNED_WARNING)
+        self.store = TaskStore(redis_client, self.keys, settings, self.signer)
         self.name = name or settings.member_name()
         self.consumer = StreamConsumer(redis_client, [self.keys.launch(q) for q in settings.queues], self.name,
                                        min_idle_ms=int(settings.reclaim_idle_seconds * 1000))
@@ -275,6 +280,15 @@ class Launcher:
         works = []
         for entry in entries:
             try:
+                self.signer.verify(entry.stream, entry.fields)
+            except SignatureError as exc:
+                works.append(Work(entry, None, refused=f"signature: {exc}"))
+                continue
+            if len(entry.raw) > self.settings.max_message_bytes:
+                works.append(Work(entry, None, refused=f"size: {len(entry.raw)} bytes, over max_message_bytes="
+                                                       f"{self.settings.max_message_bytes}"))
+                continue
+            try:
                 works.append(Work(entry, decode(entry.raw)))
             except DecodeError as exc:
                 works.append(Work(entry, None, exc))
@@ -311,11 +325,37 @@ class Launcher:
             self.metrics.inc("errors_total")
             log.exception("unexpected error handling launch entry", extra={"entry": work.entry.entry_id})
 
+    def _refuse(self, work: Work, ctx: dict[str, str]) -> None:
+        """An entry that cannot be trusted is dead-lettered (secrets redacted) and never acted on. Its task is
+        failed only when its record proves the message was the executor's own (the record keeps the digest
+        of the launch it wrote: e.g. the scheduler signs with a key the launchers do not have); a forgery
+        fails nothing."""
+        entry = work.entry
+        event, dispatch = None, ""
+        try:
+            message = decode(entry.raw)
+        except DecodeError:
+            message = None
+        if isinstance(message, LaunchTask | RevokeTask):
+            record = self.store.record(message.pod_name)
+            if record.get("digest") and record.get("digest") == message_digest(entry.raw):
+                event = failed(message.key, f"launch message refused: {work.refused}")
+                dispatch = message.external_executor_id
+        self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=work.refused, raw=entry.raw,
+                               dispatch=dispatch)
+        self.metrics.inc("refused_messages_total")
+        self.metrics.inc("dead_lettered_total")
+        log.error("dead-lettered an untrusted entry (%s)%s", work.refused,
+                  "; its task failed: the record proves it was ours" if event else "; no task failed", extra=ctx)
+
     def handle(self, work: Work) -> None:
         entry, message = work.entry, work.message
         ctx = {"stream": entry.stream, "entry": entry.entry_id}
         # the budget runs from the entry's read, as its idle time in the group does
         deadline = entry.read_at + self.settings.retry_budget_seconds
+        if work.refused:
+            self._refuse(work, ctx)
+            return
         if work.error is not None or message is None:
             exc = work.error
             key = exc.key() if exc is not None else None

@@ -15,6 +15,7 @@ from devkit.components import Components
 from devkit.kubelet import SimKubelet
 from devkit.postgres import PostgresServer
 from devkit.procs import wait_for
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.kubeapi import api_client
 from kubestream.settings import Settings
 
@@ -66,7 +67,8 @@ def e2e(request, postgres, redis_server, cluster, local_cluster, tmp_path_factor
     db = f"af_{uuid.uuid4().hex[:8]}"
     _createdb(postgres, db)
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
-    kubestream = {"redis_url": redis_server.url, "key_prefix": prefix, "namespace": namespace}
+    kubestream = {"redis_url": redis_server.url, "key_prefix": prefix, "namespace": namespace,
+                  "signing_keys": DEV_SIGNING_KEYS}
     marker = request.node.get_closest_marker("airflow_config")
     extra = marker.kwargs if marker else {}
     stack = AirflowStack(work / "airflow", DAGS, postgres.url.rsplit("/", 1)[0] + "/" + db, kubestream, extra=extra)

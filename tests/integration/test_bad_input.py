@@ -27,9 +27,9 @@ from kubernetes.client.exceptions import ApiException
 
 from devkit.isolated import proxied_kubeconfig
 from devkit.procs import wait_for
-from devkit.workloads import jwt_with, pod_name, workload
+from devkit.workloads import jwt_with, pod_name, signed, workload
 from kubestream.executor.launches import task_key
-from kubestream.messages import FIELD, TaskState, decode
+from kubestream.messages import TaskState, decode, redact
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
 
@@ -55,19 +55,20 @@ def fails_beside_a_normal_task(bad: Any, pipeline) -> str:
 
 
 def test_undecodable_entries_are_dead_lettered_and_the_launcher_keeps_serving(
-        pipeline, streams, redis_client, keys) -> None:
+        settings, pipeline, streams, redis_client, keys) -> None:
     stream = keys.launch("default")
-    garbage_id = redis_client.xadd(stream, {FIELD: b"\xc1not msgpack"}).decode()
+    garbage_id = redis_client.xadd(stream, signed(settings, stream, b"\xc1not msgpack")).decode()
     no_field_id = redis_client.xadd(stream, {b"x": b"no m field"}).decode()
     (launcher,) = pipeline.start()
 
     wait_for(lambda: streams.dead_count() >= 2, timeout=TIMEOUT, what="both entries dead-lettered")
     dead = {d.entry: d for d in streams.dead_letters()}
     assert set(dead) == {garbage_id, no_field_id}
-    for entry_id, raw in ((garbage_id, b"\xc1not msgpack"), (no_field_id, b"")):
+    for entry_id, raw, why in ((garbage_id, redact(b"\xc1not msgpack"), "decode: not msgpack"),
+                               (no_field_id, b"", "signature: no message field")):
         reason = dead[entry_id].reason
-        assert reason.startswith("decode: not msgpack"), reason
-        assert dead[entry_id].m == raw  # the bytes as they were, for a human to look at
+        assert reason.startswith(why), reason
+        assert dead[entry_id].m == raw  # what is safe to keep at rest (its size and digest only)
         assert dead[entry_id].stream == stream
         assert dead[entry_id].task == keys.task("-")  # no key could be read
 
@@ -101,7 +102,7 @@ def test_unknown_schema_version_is_dead_lettered_and_fails_its_task(
     raw = msgpack.packb({"v": 99, "type": "launch", "key": list(ghost.as_tuple()), "queue": "default",
                          "scheduler_id": "sched-a", "workload_json": "{}", "new_field": [1, 2, 3]},
                         use_bin_type=True)
-    v99_id = redis_client.xadd(keys.launch("default"), {FIELD: raw}).decode()
+    v99_id = redis_client.xadd(keys.launch("default"), signed(settings, keys.launch("default"), raw)).decode()
     (launcher,) = pipeline.start()
 
     finals = pipeline.run_until([normal.ti.key], timeout=TIMEOUT)

@@ -14,10 +14,10 @@ import pytest
 from devkit.components import component_env
 from devkit.isolated import proxied_kubeconfig
 from devkit.procs import wait_for
-from devkit.workloads import pod_name, sim, workload
+from devkit.workloads import pod_name, signed, sim, workload
 from kubestream.executor.launches import task_key
 from kubestream.keys import LAUNCH_GROUP
-from kubestream.messages import FIELD, LaunchTask, encode
+from kubestream.messages import LaunchTask, encode
 from kubestream.ratelimit import RateLimiter
 from kubestream.watcher.lease import Lease
 
@@ -105,7 +105,7 @@ def test_check_status_and_wrong_settings_through_the_cli(settings, cluster, comp
 
 
 def test_watcher_rides_out_429s_and_a_redelivered_launch_never_fails_a_running_task(
-        fault_proxy, cluster, pipeline, streams, redis_client, keys, tmp_path) -> None:
+        fault_proxy, cluster, pipeline, streams, redis_client, keys, settings, tmp_path) -> None:
     pipeline.launcher()
     # the watcher's list and watch calls get 429s with Retry-After first (apache/airflow#49517)
     fault_proxy.fail_next(6, status=429, retry_after="1", only_method="GET", path_contains="/pods")
@@ -116,7 +116,7 @@ def test_watcher_rides_out_429s_and_a_redelivered_launch_never_fails_a_running_t
     # the same launch message arrives again while the pod runs (a lost XADD reply, a reclaim, ...)
     msg = LaunchTask(key=task_key(task.ti.key), queue="default", scheduler_id="sched-a",
                      workload_json=task.model_dump_json(), external_executor_id=task.ti.external_executor_id)
-    redis_client.xadd(keys.launch("default"), {FIELD: encode(msg)})
+    redis_client.xadd(keys.launch("default"), signed(settings, keys.launch("default"), encode(msg)))
     finals = pipeline.run_until([task.ti.key], timeout=60)
     assert finals == {task.ti.key: "success"} and pipeline.driver.final_counts()[task.ti.key] == 1
     assert not pipeline.driver.failures(task.ti.key)

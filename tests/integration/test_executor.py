@@ -8,7 +8,7 @@ import pytest
 
 from devkit.procs import free_port, wait_for
 from devkit.scheduler import DbStandIn, Driver
-from devkit.workloads import pod_name, sim, workload
+from devkit.workloads import pod_name, signed, sim, workload
 from kubestream.executor.launches import executor_config_parts
 from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode
 
@@ -119,7 +119,7 @@ def test_revoke_is_recorded_first_and_the_pod_removed(pipeline, streams, redis_c
     assert not any(isinstance(decode(f[FIELD]), RevokeTask) for _, f in redis_client.xrange(keys.launch("default")))
 
 
-def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor, redis_client, keys,
+def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor, redis_client, keys, settings,
                                                                     streams) -> None:
     from kubestream.executor.launches import task_key
     from kubestream.messages import TaskState, TaskStateChanged, encode
@@ -128,8 +128,9 @@ def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor,
     w = workload("results", "t1")
     Driver(ex).submit([w])
     stream = keys.results("sched-a")
-    redis_client.xadd(stream, {FIELD: b"\xc1garbage"})
-    redis_client.xadd(stream, {FIELD: encode(TaskStateChanged(task_key(w.ti.key), TaskState.FAILED, "boom"))})
+    redis_client.xadd(stream, signed(settings, stream, b"\xc1garbage"))
+    redis_client.xadd(stream, signed(settings, stream,
+                                     encode(TaskStateChanged(task_key(w.ti.key), TaskState.FAILED, "boom"))))
     driver = Driver(ex)
     assert driver.run_until([w.ti.key], timeout=10) == {w.ti.key: "failed"}
     (dead,) = streams.dead_letters()

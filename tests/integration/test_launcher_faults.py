@@ -29,6 +29,7 @@ from devkit.cluster import ClusterState
 from devkit.faultproxy import HttpFaultProxy
 from devkit.isolated import proxied_kubeconfig
 from devkit.procs import wait_for
+from devkit.workloads import signed
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.kubeapi import api_client
 from kubestream.messages import FIELD, LaunchTask, TaskState, decode, encode
@@ -70,7 +71,8 @@ def dispatch(redis_client: redis.Redis, settings: Settings, dispatch_id: str) ->
     pipe = redis_client.pipeline(transaction=True)
     TaskStore(redis_client, keys, settings).record_dispatch(pipe, KEY, owner=OWNER, queue="default",
                                                             namespace=settings.namespace, dispatch=dispatch_id)
-    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(KEY, "default", OWNER, "{}", dispatch_id))})
+    pipe.xadd(keys.launch("default"), signed(settings, keys.launch("default"),
+                                             encode(LaunchTask(KEY, "default", OWNER, "{}", dispatch_id))))
     pipe.execute()
 
 

@@ -15,6 +15,7 @@ from devkit.workloads import pod_name, sim, workload
 from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP
 from kubestream.messages import FIELD, TaskState, TaskStateChanged
 from kubestream.redisconn import eviction_warning
+from kubestream.signing import signer_for
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.workers.consumer import StreamConsumer
@@ -42,7 +43,8 @@ def test_executor_recreates_its_result_group_after_redis_lost_its_data(make_exec
     driver = Driver(ex)
     driver.submit([w])
     key = TaskKey("reset", "after", "run-1", 1)
-    assert TaskStore(redis_client, keys, settings).publish(TaskStateChanged(key, TaskState.FAILED, "boom")).published
+    store = TaskStore(redis_client, keys, settings, signer_for(settings))
+    assert store.publish(TaskStateChanged(key, TaskState.FAILED, "boom")).published
     assert driver.run_until([w.ti.key], timeout=30)[w.ti.key] == "failed"
 
 
@@ -205,7 +207,7 @@ def test_a_final_state_whose_result_entry_was_lost_is_applied_from_the_record(ma
     driver = Driver(ex)
     driver.submit([w])
     key = TaskKey("trimmed", "t1", "run-1", 1)
-    store = TaskStore(redis_client, keys, settings)
+    store = TaskStore(redis_client, keys, settings, signer_for(settings))
     assert store.publish(TaskStateChanged(key, TaskState.FAILED, "OOMKilled")).published
     redis_client.xtrim(ex.results_stream, maxlen=0)  # the entry is gone (trimmed, lost in a failover)
     wait_for(lambda: driver.step() or w.ti.key in driver.finals(), timeout=60, what="the lost result to be applied")

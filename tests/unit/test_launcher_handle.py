@@ -16,10 +16,22 @@ import pytest
 import redis
 
 from devkit.fakekube import FakePodApi, api_error
+from devkit.workloads import DEV_SIGNING_KEYS, signed
 from kubestream.keys import LAUNCH_GROUP, Keys
-from kubestream.messages import FIELD, LaunchTask, Message, RevokeTask, TaskState, TaskStateChanged, decode, encode
+from kubestream.messages import (
+    FIELD,
+    LaunchTask,
+    Message,
+    RevokeTask,
+    TaskState,
+    TaskStateChanged,
+    decode,
+    encode,
+    message_digest,
+)
 from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
+from kubestream.signing import Signer, new_key
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey, key_from_annotations, task_annotations
 from kubestream.workers.consumer import Entry, StreamConsumer
@@ -37,7 +49,7 @@ def settings(redis_server, key_prefix: str) -> Settings:
     return Settings.from_mapping({
         "redis_url": redis_server.url, "key_prefix": key_prefix, "namespace": NS, "scheduler_id": OWNER,
         "retry_base_seconds": "0.01", "retry_max_seconds": "0.05", "retry_budget_seconds": "2",
-        "reclaim_idle_seconds": "10",
+        "reclaim_idle_seconds": "10", "signing_keys": DEV_SIGNING_KEYS,
     })
 
 
@@ -59,12 +71,14 @@ def dispatch(redis_client: redis.Redis, settings: Settings, key: TaskKey = KEY, 
     store, keys = TaskStore(redis_client, Keys(settings.key_prefix), settings), Keys(settings.key_prefix)
     pipe = redis_client.pipeline(transaction=True)
     store.record_dispatch(pipe, key, owner=OWNER, queue="default", namespace=NS, dispatch=dispatch_id)
-    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(key, "default", OWNER, "{}", dispatch_id))})
+    stream = keys.launch("default")
+    pipe.xadd(stream, signed(settings, stream, encode(LaunchTask(key, "default", OWNER, "{}", dispatch_id))))
     pipe.execute()
 
 
-def send(redis_client: redis.Redis, keys: Keys, message: Message) -> None:
-    redis_client.xadd(keys.launch("default"), {FIELD: encode(message)})
+def send(redis_client: redis.Redis, settings: Settings, message: Message) -> None:
+    stream = Keys(settings.key_prefix).launch("default")
+    redis_client.xadd(stream, signed(settings, stream, encode(message)))
 
 
 def handle_all(launcher: Launcher) -> int:
@@ -243,7 +257,7 @@ def test_a_revoke_deletes_its_own_dispatchs_pod_with_a_uid_precondition(launcher
     handle_all(launcher)
     uid = pods.pod(NS, POD)["metadata"]["uid"]
     TaskStore(redis_client, keys, settings).revoke([POD])
-    send(redis_client, keys, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
+    send(redis_client, settings, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
     handle_all(launcher)
     assert pods.pod(NS, POD) is None
     (delete,) = pods.calls_of("delete")
@@ -254,7 +268,7 @@ def test_a_revoke_deletes_its_own_dispatchs_pod_with_a_uid_precondition(launcher
 
 def test_a_revoke_leaves_a_later_dispatchs_pod_alone(launcher, pods, redis_client, settings, keys) -> None:
     pods.add(NS, pod_of(KEY, "d2"))  # the task was queued again (same try, same pod name) and launched
-    send(redis_client, keys, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
+    send(redis_client, settings, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
     handle_all(launcher)
     assert pods.calls_of("delete") == [] and pods.pod(NS, POD) is not None
     assert pending(redis_client, keys) == 0
@@ -269,7 +283,7 @@ def test_a_revoke_whose_pod_was_replaced_meanwhile_deletes_nothing(launcher, pod
         pods.add(NS, pod_of(KEY, "d2"))
 
     pods.on_next("delete", replace)
-    send(redis_client, keys, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
+    send(redis_client, settings, RevokeTask(KEY, "default", "stuck in queued", external_executor_id="d1"))
     handle_all(launcher)
     assert [c.uid for c in pods.calls_of("delete")] == [old_uid]  # 409 (precondition), then read again: not ours
     assert pods.pod(NS, POD)["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d2"
@@ -503,8 +517,9 @@ def test_a_pod_the_policy_refuses_fails_its_task_naming_the_rules(launcher, pods
     store = TaskStore(redis_client, keys, settings)
     pipe = redis_client.pipeline(transaction=True)
     store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1")
-    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(KEY, "default", OWNER, "{}", "d1",
-                                                                pod_override=FORGED_OVERRIDE))})
+    stream = keys.launch("default")
+    pipe.xadd(stream, signed(settings, stream, encode(LaunchTask(KEY, "default", OWNER, "{}", "d1",
+                                                                 pod_override=FORGED_OVERRIDE))))
     pipe.execute()
     handle_all(launcher)
     assert pods.calls_of("create") == [] and pods.names(NS) == set()
@@ -523,9 +538,74 @@ def test_the_queue_and_namespace_come_from_the_stream_not_the_message(pods, redi
     pipe = redis_client.pipeline(transaction=True)
     store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1")
     # written to the default queue's stream, claiming a queue that maps to another namespace
-    pipe.xadd(keys.launch("default"), {FIELD: encode(LaunchTask(KEY, "gpu", OWNER, "{}", "d1"))})
+    stream = keys.launch("default")
+    pipe.xadd(stream, signed(settings, stream, encode(LaunchTask(KEY, "gpu", OWNER, "{}", "d1"))))
     pipe.execute()
     handle_all(launcher)
     launcher.stop()
     assert pods.names(NS) == {POD} and pods.names("gpu-pool") == set()
     assert {c.namespace for c in pods.calls_of("create")} == {NS}
+
+
+# -- signed messages ----------------------------------------------------------------------------------------
+
+
+def _launcher_with(settings: Settings, redis_client: redis.Redis, pods: FakePodApi, keys_text: str) -> Launcher:
+    launcher = Launcher(Settings.from_mapping({**settings.to_env(""), "signing_keys": keys_text}, source=""),
+                        redis_client, None, name="test-launcher", pods=pods)
+    launcher.consumer.ensure_groups()
+    return launcher
+
+
+def test_the_reviews_forged_launch_written_straight_to_redis_creates_no_pod(launcher, pods, redis_client, settings,
+                                                                             keys) -> None:
+    stream = keys.launch("default")
+    forged = encode(LaunchTask(KEY, "default", OWNER, '{"token": "eyJ.stolen.jwt"}', "d1",
+                               pod_override=FORGED_OVERRIDE))
+    redis_client.xadd(stream, {FIELD: forged})  # no record needed, no signature
+    handle_all(launcher)
+    assert pods.calls_of("create") == [] and results(redis_client, keys) == []  # nothing created, nothing failed
+    (dead,) = redis_client.xrange(keys.dead)
+    assert dead[1][b"reason"] == b"signature: unsigned message"
+    assert b"stolen" not in dead[1][b"m"] and b"<redacted>" in dead[1][b"m"]  # no token at rest
+    assert launcher.metrics.snapshot()["refused_messages_total"] == 1 and pending(redis_client, keys) == 0
+
+
+def test_a_message_signed_with_a_rotated_out_key_is_refused_and_either_current_key_accepted(
+        pods, redis_client, settings, keys) -> None:
+    old, new, older = (f"{name}={new_key()}" for name in ("old", "new", "older"))
+    launcher = _launcher_with(settings, redis_client, pods, f"{new},{old}")  # mid-rotation: new signs, both verify
+    stream = keys.launch("default")
+    for i, signer_keys in enumerate((old, new, older)):
+        key = TaskKey("dag", f"t{i}", "run-1", 1)
+        raw = encode(LaunchTask(key, "default", OWNER, "{}", "d1"))
+        store = TaskStore(redis_client, keys, settings)
+        pipe = redis_client.pipeline(transaction=True)
+        store.record_dispatch(pipe, key, owner=OWNER, queue="default", namespace=NS, dispatch="d1",
+                              digest=message_digest(raw))
+        pipe.xadd(stream, Signer.parse(signer_keys).sign(stream, raw))
+        pipe.execute()
+    handle_all(launcher)
+    launcher.stop()
+    assert pods.names(NS) == {TaskKey("dag", "t0", "run-1", 1).pod_name(), TaskKey("dag", "t1", "run-1", 1).pod_name()}
+    (dead,) = redis_client.xrange(keys.dead)
+    assert dead[1][b"reason"] == b"signature: signed with unknown key id 'older'"
+    # the record proves the refused message was the executor's own (its digest): the task fails, not hangs
+    (event,) = results(redis_client, keys)
+    assert event.key == TaskKey("dag", "t2", "run-1", 1) and event.state is TaskState.FAILED
+    assert event.reason == "launch message refused: signature: signed with unknown key id 'older'"
+
+
+def test_a_launch_over_the_size_cap_is_dead_lettered_at_read(pods, redis_client, settings, keys) -> None:
+    launcher = Launcher(Settings.from_mapping({**settings.to_env(""), "max_message_bytes": "2048"}, source=""),
+                        redis_client, None, name="test-launcher", pods=pods)
+    launcher.consumer.ensure_groups()
+    stream = keys.launch("default")
+    raw = encode(LaunchTask(KEY, "default", OWNER, "{}", "d1", pod_override={"metadata": {"annotations": {
+        "blob": "x" * 5000}}}))
+    redis_client.xadd(stream, signed(settings, stream, raw))
+    handle_all(launcher)
+    launcher.stop()
+    assert pods.calls_of("create") == []
+    (dead,) = redis_client.xrange(keys.dead)
+    assert dead[1][b"reason"].startswith(b"size: ") and b"over max_message_bytes=2048" in dead[1][b"reason"]

@@ -12,7 +12,7 @@ import redis
 from kubestream import luascripts
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.luascripts import Script
-from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode
+from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode, redact
 from kubestream.settings import Settings, SettingsError
 from kubestream.store import NOT_LEASE_HOLDER, LiveMember, TaskStore, failed
 from kubestream.taskkey import TaskKey
@@ -207,7 +207,7 @@ def test_fail_launch_acks_deletes_dead_letters_and_publishes_in_one_call(store: 
     assert result.published and result.owner == "s1"
     assert store.redis.xpending(stream, LAUNCH_GROUP)["pending"] == 0 and store.redis.xlen(stream) == 0
     assert _dead_letters(store) == [{b"reason": b"decode: x", b"stream": stream.encode(), b"entry": entry.encode(),
-                                     b"task": store.keys.task(POD).encode(), b"m": b"\xc1bad"}]
+                                     b"task": store.keys.task(POD).encode(), b"m": redact(b"\xc1bad")}]
     assert _results(store, "s1") == [("failed", "bad launch message: x")]
     assert store.record(POD)["state"] == "failed"
     assert not store.live_members()

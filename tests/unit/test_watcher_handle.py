@@ -18,6 +18,7 @@ import redis
 
 from devkit.fakekube import Call, FakePodApi, api_error
 from devkit.procs import wait_for
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.keys import Keys
 from kubestream.kubeapi import Gone
 from kubestream.luascripts import Script
@@ -37,7 +38,7 @@ POD = KEY.pod_name()
 def settings(redis_server, key_prefix: str) -> Settings:
     """No cluster (this module's own ``settings``, not the cluster-bound one)."""
     return Settings.from_mapping({"redis_url": redis_server.url, "key_prefix": key_prefix, "namespace": NS,
-                                  "scheduler_id": OWNER})
+                                  "scheduler_id": OWNER, "signing_keys": DEV_SIGNING_KEYS})
 
 
 @pytest.fixture
