@@ -2,7 +2,7 @@
 
 Commands are imperative (``LaunchTask``, ``RevokeTask``: executor -> launchers),
 events past tense (``TaskStateChanged``: launchers/watcher -> executor).
-Every stream entry has one field, ``m``, holding ``encode(message)``.
+Every stream entry holds ``m`` = ``encode(message)``, plus ``k`` and ``s``: its signature (kubestream.signing).
 
 Any decoding failure (not msgpack, wrong shape, unknown type, unknown schema
 version, wrong field types) raises ``DecodeError``; whatever part of the key
