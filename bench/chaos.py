@@ -77,6 +77,7 @@ from devkit.pipeline import Pipeline
 from devkit.podwatch import PodLedger
 from devkit.probe import Streams
 from devkit.redisserver import RedisServer
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, pods_path, request
 from kubestream.settings import Settings
@@ -243,7 +244,8 @@ class TaskRun:
 
 def phase_settings(servers: Servers, namespace: str, prefix: str) -> Settings:
     return Settings.from_mapping({"redis_url": servers.redis_url, "key_prefix": prefix, "scheduler_id": "chaos",
-                                  "namespace": namespace, "queues": "default", **SETTINGS})
+                                  "namespace": namespace, "queues": "default", "signing_keys": DEV_SIGNING_KEYS,
+                                  **SETTINGS})
 
 
 def supervise(stage: Stage, exits: list[str]) -> None:
@@ -340,7 +342,9 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
         stack.callback(probe_client.close)
         streams = Streams(probe_client, settings)
         pipe.wait_serving(streams)
-        executor = start_ledger_executor(settings, ledger, servers.setenv, logger=_file_logger(phase_dir))
+        logger = _file_logger(phase_dir)
+        stack.callback(_close_handlers, logger)
+        executor = start_ledger_executor(settings, ledger, servers.setenv, logger=logger)
         stack.callback(executor.terminate)
         driver = Driver(executor)
         health = HealthMetrics(probe_client, prefix)
@@ -672,6 +676,12 @@ def _file_logger(directory: Path) -> logging.Logger:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return logger
+
+
+def _close_handlers(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers = []
 
 
 if __name__ == "__main__":
