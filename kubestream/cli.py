@@ -130,6 +130,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
     else:
         shown = dict(vars(_settings()))
         shown["redis_url"] = redacted_url(shown["redis_url"])
+        if shown["signing_keys"]:
+            shown["signing_keys"] = "<redacted>"
         print(json.dumps(shown, indent=2, default=list))
     return 0
 
