@@ -22,7 +22,8 @@ class Keys:
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
-            raise ValueError(f"invalid key prefix {self.prefix!r}: expected 1-32 chars of [A-Za-z0-9_.:-]")
+            raise ValueError(f"invalid key prefix {self.prefix!r}: expected 1-32 characters of [A-Za-z0-9_.:-] "
+                             "(no braces: kubestream adds them)")
 
     @property
     def base(self) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubestream.keys import Keys
+
 ENV_PREFIX = "KUBESTREAM_"
 AIRFLOW_SECTION = "kubestream"
 AIRFLOW_ENV_PREFIX = "AIRFLOW__KUBESTREAM__"
@@ -122,10 +124,7 @@ def _redis_url(raw: str) -> str:
 
 
 def _prefix(raw: str) -> str:
-    value = raw.strip()
-    if not re.match(r"^[A-Za-z0-9_.:\-]{1,32}$", value):
-        raise ValueError("expected 1-32 characters of [A-Za-z0-9_.:-] (no braces: kubestream adds them)")
-    return value
+    return Keys(raw.strip()).prefix  # keys.py is the one owner of the key-prefix rule
 
 
 def _str(raw: str) -> str:
