@@ -381,8 +381,8 @@ class Quota(Fault):
             stop.wait(self.tight_seconds)
         finally:
             self._set_hard(stage, LIFTED)
-        return (f"quota of {self.tight} pods for {self.tight_seconds:.0f} s ({self.most_used} pods running at most), "
-                f"then lifted")
+        return (f"quota of {self.tight} pods for {self.tight_seconds:.0f} s "
+                f"({self.most_used} pods not finished at most), then lifted")
 
     def heal(self, stage: Stage) -> None:
         self._set_hard(stage, LIFTED)
