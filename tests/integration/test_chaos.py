@@ -98,3 +98,39 @@ def test_the_figures_count_what_they_say() -> None:
     assert (figures.tasks_lost, figures.wrong_states, figures.failed_by_fault, figures.duplicate_final_states) == \
         (1, 2, 2, 1)
     assert figures.final_states == {"success": 4, "failed": 3} and figures.broken
+
+
+def test_the_pod_ledger_sees_every_pod_object(admin_api, namespace) -> None:
+    """Against the real apiserver: a pod deleted and created again under its name and dispatch is two pod
+    objects (a duplicate); what the newest one did is its outcome; catch_up() returns with every change in."""
+    from devkit.podwatch import PodLedger
+    from kubestream.kubeapi import MERGE_PATCH, PodApi, pods_path, request
+    from kubestream.taskkey import DISPATCH_ANNOTATION
+
+    pods = PodApi(admin_api)
+
+    def create(name: str, dispatch: str) -> str:
+        pod = pods.create(namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "annotations": {DISPATCH_ANNOTATION: dispatch}},
+            "spec": {"nodeName": "nowhere", "containers": [{"name": "c", "image": "x"}]}})
+        return str(pod["metadata"]["uid"])
+
+    def finish(name: str, phase: str) -> None:
+        request(admin_api, "PATCH", pods_path(namespace, name) + "/status", {"status": {"phase": phase}},
+                content_type=MERGE_PATCH)
+
+    ledger = PodLedger(admin_api, namespace).start()
+    try:
+        create("twice", "d1")
+        finish("twice", "Failed")
+        assert ledger.catch_up() and ledger.outcome("twice") == "failed"
+        pods.delete(namespace, "twice", grace_period_seconds=0)
+        create("twice", "d1")
+        create("once", "d2")
+        finish("twice", "Succeeded")
+        assert ledger.catch_up()
+        assert ledger.creations() == {("twice", "d1"): 2, ("once", "d2"): 1}  # the sentinel is not counted
+        assert ledger.outcome("twice") == "success" and ledger.outcome("once") is None
+        assert ledger.started("twice", "d1") and not ledger.started("once", "d2")
+    finally:
+        ledger.stop()
