@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.chaos [--faults all | launcher-kill,watcher-kill,...] [--tasks 1000]
                                     [--submit-seconds 30] [--launchers 2] [--concurrency 8] [--fail-every 3]
                                     [--queued-timeout 120] [--drain-timeout 300] [--max-seconds 5400]
-                                    [--results PATH]
+                                    [--keep-logs] [--results PATH]
 
 One phase per fault, in the order given, on the same servers (a real redis-server, the real local
 kube-apiserver + etcd), each with a fresh key prefix and namespace, so that every figure is attributable
