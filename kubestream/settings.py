@@ -268,6 +268,9 @@ class Settings:
         "pending, is deleted.", _float(60)))
     metrics_host: str = field(default="127.0.0.1", metadata=_doc(
         "Launcher/watcher: address /healthz and /metrics listen on (the manifests use the pod's IP).", _str))
+    launch_maxlen: int = field(default=1_000_000, metadata=_doc(
+        "Approximate MAXLEN of each launch stream: a safety cap for a backlog nobody serves (a trimmed launch "
+        "is requeued by Airflow's task_queued_timeout). Settled entries are deleted at once.", _int(1000)))
     max_message_bytes: int = field(default=1_048_576, metadata=_doc(
         "Largest encoded launch message: the executor fails a task whose message is larger, launchers "
         "dead-letter one they read.", _int(1024)))

@@ -189,7 +189,7 @@ class KubeStreamExecutor(BaseExecutor):
                                        namespace=self.settings.namespace_for_queue(msg.queue),
                                        dispatch=msg.external_executor_id, digest=message_digest(raw))
             stream = self.keys.launch(msg.queue)
-            pipe.xadd(stream, self.signer.sign(stream, raw))
+            pipe.xadd(stream, self.signer.sign(stream, raw), maxlen=self.settings.launch_maxlen, approximate=True)
         try:
             pipe.execute()
         except redis.RedisError as exc:
@@ -372,7 +372,8 @@ class KubeStreamExecutor(BaseExecutor):
             pipe = self.redis.pipeline(transaction=True)  # the flag and the command, both or neither
             self.store.revoke([key.pod_name()], pipe)
             stream = self.keys.launch(queue)
-            pipe.xadd(stream, self.signer.sign(stream, encode(revoke)))
+            pipe.xadd(stream, self.signer.sign(stream, encode(revoke)),
+                      maxlen=self.settings.launch_maxlen if self.settings else None, approximate=True)
             pipe.execute()
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
