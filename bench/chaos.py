@@ -39,8 +39,8 @@ Figures per phase (and in total):
 
 Every phase also lists the tasks behind each non-zero figure (``details``: pod name, what the executor
 said, what the pod did, the Redis record) and each strike of the fault. The JSON goes to
-``bench-results/chaos-<UTC time>.json`` (path printed); logs of every component are kept when a phase
-breaks a promise or fails. Cut off by ``--max-seconds`` (SIGALRM); everything started is stopped on any
+``bench/results/chaos-<UTC time the run ended>.json`` (path printed); logs of every component are kept
+when a phase breaks a promise or fails. Cut off by ``--max-seconds`` (SIGALRM); everything started is stopped on any
 exit.
 """
 
@@ -82,7 +82,7 @@ from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, pods_path, request
 from kubestream.settings import Settings
 
-RESULTS_DIR = REPO_ROOT / "bench-results"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 POLL = 0.05  # sync() polling interval while no result is waiting
 MAX_REQUEUES = 2  # Airflow's num_stuck_in_queued_retries
 SETTINGS = {  # short enough that recoveries happen within a phase (docs/chaos.md)
@@ -602,7 +602,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="after the fault stops, tasks without a final state by then are lost")
     parser.add_argument("--keep-logs", action="store_true", help="keep every phase's component logs")
     parser.add_argument("--max-seconds", type=int, default=5400, help="abort (and clean up) after this long")
-    parser.add_argument("--results", type=Path, help="JSON output (default bench-results/chaos-<UTC time>.json)")
+    parser.add_argument("--results", type=Path, help="JSON output (default bench/results/chaos-<UTC time>.json)")
     return parser.parse_args(argv)
 
 
@@ -625,8 +625,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                          concurrency=args.concurrency, fail_every=args.fail_every,
                          queued_timeout=args.queued_timeout, drain_timeout=args.drain_timeout,
                          keep_logs=args.keep_logs)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results = args.results or RESULTS_DIR / f"chaos-{stamp}.json"
     work = Path(tempfile.mkdtemp(prefix="kubestream-chaos-"))
     os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -647,7 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _shield_signals()
         if phases:
-            report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "machine": machine(),
+            now = time.gmtime()
+            results = args.results or RESULTS_DIR / f"chaos-{time.strftime('%Y%m%dT%H%M%SZ', now)}.json"
+            report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", now), "machine": machine(),
                       "source": source_version(),
                       "config": asdict(config), "settings": SETTINGS, "faults": args.faults,
                       "seconds": round(time.monotonic() - started, 1), "total": totals(phases),
