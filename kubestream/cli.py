@@ -13,9 +13,12 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubestream.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    import redis
 
 
 def _settings() -> Settings:
@@ -46,6 +49,17 @@ def _check(component: str, settings: Settings) -> int:
     return 0 if fresh else 1
 
 
+def _warn_if_evicting(client: redis.Redis) -> None:
+    """At start: say so when Redis may evict kubestream's keys (its maxmemory-policy is not noeviction)."""
+    import logging
+
+    from kubestream.redisconn import eviction_warning
+
+    warning = eviction_warning(client)
+    if warning:
+        logging.getLogger("kubestream").warning(warning)
+
+
 def cmd_launcher(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.check:
@@ -57,7 +71,9 @@ def cmd_launcher(args: argparse.Namespace) -> int:
     from kubestream.workers.launcher import Launcher
 
     logs.configure(args.log_level)
-    launcher = Launcher(settings, connect(settings),
+    client = connect(settings)
+    _warn_if_evicting(client)
+    launcher = Launcher(settings, client,
                         api_client(settings.kube_config, settings.kube_context, pool_size=settings.launch_concurrency))
     _on_signals(launcher.stop)
     if settings.metrics_port:
@@ -77,7 +93,9 @@ def cmd_watcher(args: argparse.Namespace) -> int:
     from kubestream.watcher.watcher import Watcher, WatcherFailed
 
     logs.configure(args.log_level)
-    watcher = Watcher(settings, connect(settings), api_client(settings.kube_config, settings.kube_context))
+    client = connect(settings)
+    _warn_if_evicting(client)
+    watcher = Watcher(settings, client, api_client(settings.kube_config, settings.kube_context))
     _on_signals(watcher.stop)
     if settings.metrics_port:
         serve_http(settings.metrics_host, settings.metrics_port, watcher.metrics, watcher.heartbeat.healthy)
