@@ -196,3 +196,13 @@ def test_token_expiry_is_read_without_airflow(workload_json: str, expected: floa
     from kubestream.workload import token_expiry
 
     assert token_expiry(workload_json) == expected
+
+
+def test_decoder_blow_ups_are_a_clean_decode_error_and_redaction_keeps_nothing_unsafe() -> None:
+    from kubestream.messages import redact
+
+    deep = b"\x91" * 100_000 + b"\xc0"  # nested arrays deeper than any stack
+    with pytest.raises(DecodeError, match="not msgpack"):
+        decode(deep)
+    kept = msgpack.unpackb(redact(deep))
+    assert set(kept) == {"unreadable"} and "100001 bytes" in kept["unreadable"]
