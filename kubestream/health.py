@@ -1,6 +1,7 @@
 """Health and metrics for the long-running components (launcher, watcher).
 
-- ``Metrics``: thread-safe counters and gauges rendered as Prometheus text.
+- ``Metrics``: the component's ``prometheus_client`` registry (counters, gauges, histograms with
+  labels) and the flat snapshot of it the health key carries.
 - ``Heartbeat``: writes ``{prefix}:health:<component>:<member>`` (a hash with a
   TTL) every third of the TTL, but only while the component's main loop reports
   progress (``progress()``): a loop stuck on an error leaves the key to expire,
@@ -15,41 +16,70 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from kubestream.text import as_text
 
 log = logging.getLogger("kubestream.health")
 
+# seconds: from a few milliseconds (a create on an idle apiserver) to the retry budget's order
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
 
 class Metrics:
+    """One component process's metrics: a ``CollectorRegistry`` of its own (no global registry).
+
+    ``counter``/``gauge``/``histogram`` declare a metric named ``kubestream_<component>_<name>``.
+    ``snapshot()`` flattens the registry into the small dict the health key carries (and
+    ``kubestream status`` shows): a metric's samples are summed under its short name, or under
+    ``snapshot`` formatted with each sample's labels (e.g. ``"{outcome}_total"``); histograms give
+    ``<name>_count`` and ``<name>_sum``. Labelled series appear once they are first touched."""
+
     def __init__(self, component: str) -> None:
         self.component = component
-        self._lock = threading.Lock()
-        self._values: dict[str, float] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._keys: dict[str, tuple[str, str]] = {}  # family name -> (short name, snapshot key format)
 
-    def inc(self, name: str, by: float = 1) -> None:
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + by
+    def _declare(self, name: str, snapshot: str | None) -> str:
+        full = f"kubestream_{self.component}_{name}"
+        family = full.removesuffix("_total")
+        self._keys[family] = (name, snapshot or name)
+        return full
 
-    def set(self, name: str, value: float) -> None:
-        with self._lock:
-            self._values[name] = value
+    def counter(self, name: str, doc: str, labels: Sequence[str] = (), *, snapshot: str | None = None) -> Counter:
+        return Counter(self._declare(name, snapshot), doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = (), *, snapshot: str | None = None) -> Gauge:
+        return Gauge(self._declare(name, snapshot), doc, labels, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, labels: Sequence[str] = (), *,
+                  buckets: Sequence[float] = LATENCY_BUCKETS) -> Histogram:
+        return Histogram(self._declare(name, None), doc, labels, registry=self.registry, buckets=buckets)
 
     def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._values)
+        out: dict[str, float] = {}
+        for family in self.registry.collect():
+            short, fmt = self._keys.get(family.name, (family.name, family.name))
+            for sample in family.samples:
+                if family.type == "histogram":
+                    if sample.name.endswith(("_count", "_sum")) and not sample.name.endswith("_created"):
+                        key = short + sample.name[sample.name.rfind("_"):]
+                    else:
+                        continue
+                elif sample.name.endswith("_created"):
+                    continue
+                else:
+                    key = fmt.format(**sample.labels)
+                out[key] = out.get(key, 0.0) + sample.value
+        return out
 
-    def prometheus(self) -> str:
-        lines = []
-        for name, value in sorted(self.snapshot().items()):
-            metric = f"kubestream_{self.component}_{name}"
-            lines.append(f"# TYPE {metric} {'counter' if name.endswith('_total') else 'gauge'}")
-            lines.append(f"{metric} {value:g}")
-        return "\n".join(lines) + "\n"
+    def prometheus(self) -> bytes:
+        """The text exposition of the registry."""
+        return generate_latest(self.registry)
 
 
 class Heartbeat:
@@ -124,15 +154,17 @@ def check(client: redis.Redis, pattern: str, max_age: float) -> list[str]:
 def serve_http(host: str, port: int, metrics: Metrics, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/healthz":
+            content_type = "text/plain; charset=utf-8"
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
                 ok = healthy()
                 body, code = (b"ok\n", 200) if ok else (b"unhealthy\n", 503)
-            elif self.path == "/metrics":
-                body, code = metrics.prometheus().encode(), 200
+            elif path == "/metrics":
+                body, code, content_type = metrics.prometheus(), 200, CONTENT_TYPE_LATEST
             else:
                 body, code = b"not found\n", 404
             self.send_response(code)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -49,8 +49,8 @@ import redis
 
 from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
-from kubestream.health import Heartbeat, Metrics
-from kubestream.keys import Keys
+from kubestream.health import Heartbeat
+from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.kubeapi import REQUEST_TIMEOUT, ApiError, Pod, PodApi, Timeout
 from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode, message_digest
 from kubestream.ratelimit import RateLimiter
@@ -60,6 +60,7 @@ from kubestream.store import TaskStore, failed
 from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.text import as_text
 from kubestream.workers.consumer import Entry, StreamConsumer
+from kubestream.workers.metrics import RATE_LIMIT_WAIT_THRESHOLD_SECONDS, LauncherMetrics
 from kubestream.workers.podpolicy import PolicyViolation, apply_policy, describe
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 from kubestream.workers.policyload import load_pod_policy
@@ -70,6 +71,7 @@ log = logging.getLogger("kubestream.launcher")
 REQUEST_FLOOR_SECONDS = 1.0  # no API request gets less time to answer, even at its budget's very end
 FINISHED_PHASES = ("Succeeded", "Failed")
 FINAL_STATES = ("succeeded", "failed")
+STREAM_STATS_INTERVAL_SECONDS = 5.0  # how often the launch streams' lag and pending counts are read
 
 
 @dataclass(slots=True)
@@ -119,7 +121,9 @@ class Launcher:
         self.name = name or settings.member_name()
         self.consumer = StreamConsumer(redis_client, [self.keys.launch(q) for q in settings.queues], self.name,
                                        min_idle_ms=int(settings.reclaim_idle_seconds * 1000))
-        self.metrics = Metrics("launcher")
+        self.metrics = LauncherMetrics()
+        self._resets_seen = 0
+        self._stream_stats_at = 0.0
         self.limiter = RateLimiter(redis_client, self.keys.rate_limit, settings.create_rate, settings.create_burst)
         self.template = (load_template_yaml(Path(settings.pod_template_file).read_text())
                          if settings.pod_template_file else None)
@@ -158,11 +162,11 @@ class Launcher:
                         break
                     outage = 0
                     self.heartbeat.progress()  # health follows this loop, not the heartbeat thread
-                    self.metrics.set("redis_resets_total", self.consumer.resets)
+                    self._observe_streams()
                 except redis.RedisError as exc:  # ride out a Redis outage; nothing is lost meanwhile
                     delay = backoff_delay(outage, base=0.5, cap=10.0)
                     outage += 1
-                    self.metrics.inc("redis_errors_total")
+                    self.metrics.redis_errors.inc()
                     log.warning("Redis error (%s), retrying in %.1fs", exc, delay)
                     self.stopping.wait(delay)
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
@@ -258,7 +262,7 @@ class Launcher:
         if free <= 0:
             return []
         claimed = self.consumer.reclaim(self._in_hand(), count=free)
-        self.metrics.inc("reclaimed_total", len(claimed))
+        self.metrics.reclaimed.inc(len(claimed))
         return claimed
 
     def _submit(self, entries: list[Entry]) -> int:
@@ -267,7 +271,7 @@ class Launcher:
             with self._lock:
                 self._inflight[fut] = f"{work.entry.stream}/{work.entry.entry_id}"
             fut.add_done_callback(self._done)
-        self.metrics.set("in_flight", len(self._inflight))
+        self.metrics.in_flight.set(len(self._inflight))
         return len(entries)
 
     def _done(self, fut: Future[None]) -> None:
@@ -322,7 +326,7 @@ class Launcher:
         try:
             self.handle(work)
         except Exception:  # never kill the worker thread; the entry stays pending for redelivery
-            self.metrics.inc("errors_total")
+            self.metrics.errors.inc()
             log.exception("unexpected error handling launch entry", extra={"entry": work.entry.entry_id})
 
     def _refuse(self, work: Work, ctx: dict[str, str]) -> None:
@@ -343,8 +347,9 @@ class Launcher:
                 dispatch = message.external_executor_id
         self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=work.refused, raw=entry.raw,
                                dispatch=dispatch)
-        self.metrics.inc("refused_messages_total")
-        self.metrics.inc("dead_lettered_total")
+        reason = work.refused.split(":", 1)[0]
+        self.metrics.refused_messages.labels(reason).inc()
+        self.metrics.dead_letters.labels(reason).inc()
         log.error("dead-lettered an untrusted entry (%s)%s", work.refused,
                   "; its task failed: the record proves it was ours" if event else "; no task failed", extra=ctx)
 
@@ -363,7 +368,7 @@ class Launcher:
             dispatch = exc.partial.get("external_executor_id") if exc is not None else None
             self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=f"decode: {exc}", raw=entry.raw,
                                    dispatch=dispatch if isinstance(dispatch, str) else "")
-            self.metrics.inc("dead_lettered_total")
+            self.metrics.dead_letters.labels("decode").inc()
             log.error("dead-lettered undecodable entry: %s", exc, extra=ctx)
             return
         ctx.update(task=str(message.key), pod=message.key.pod_name())
@@ -374,18 +379,19 @@ class Launcher:
                 reason = f"revoke gave up after {entry.deliveries - 1} deliveries"
                 self.store.fail_launch(entry.stream, entry.entry_id, failed(message.key, reason),
                                        dead_reason=reason, raw=entry.raw, dispatch=message.external_executor_id)
-                self.metrics.inc("dead_lettered_total")
+                self.metrics.dead_letters.labels("revoke_gave_up").inc()
                 log.error("dead-lettered: %s", reason, extra=ctx)
                 return
             self._revoke(message, entry, deadline)
         else:
             self.store.fail_launch(entry.stream, entry.entry_id, None,
                                    dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
+            self.metrics.dead_letters.labels("unexpected_message").inc()
 
     def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str, deadline: float) -> None:
         if verdict:
             self._ack(entry)
-            self.metrics.inc("skipped_total")
+            self.metrics.messages.labels("skipped").inc()
             log.info("skipped launch: %s", verdict, extra=ctx)
             return
         expiry = token_expiry(msg.workload_json)
@@ -393,7 +399,7 @@ class Launcher:
             # The pod would be refused at /run. The task stays QUEUED: Airflow's task_queued_timeout
             # (the token's lifetime) revokes and requeues it with a fresh token.
             self._ack(entry)
-            self.metrics.inc("skipped_expired_token_total")
+            self.metrics.messages.labels("skipped_expired_token").inc()
             log.warning("skipped launch: workload token expired %.0fs ago; Airflow will requeue the task",
                         time.time() - expiry, extra=ctx)
             return
@@ -406,7 +412,7 @@ class Launcher:
         except PodSpecError as exc:
             self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, f"invalid pod spec: {exc}"),
                                    dead_reason=f"pod spec: {exc}", raw=entry.raw, dispatch=msg.external_executor_id)
-            self.metrics.inc("dead_lettered_total")
+            self.metrics.dead_letters.labels("pod_spec").inc()
             log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
             return
         try:
@@ -415,7 +421,7 @@ class Launcher:
             self.store.fail_launch(entry.stream, entry.entry_id,
                                    failed(msg.key, f"pod refused by pod_policy: {exc}", namespace),
                                    dispatch=msg.external_executor_id)
-            self.metrics.inc("refused_total")
+            self.metrics.messages.labels("policy_refused").inc()
             log.error("pod refused by pod_policy: %s", exc, extra=ctx)
             return
         namespace = pod["metadata"].get("namespace") or namespace
@@ -424,25 +430,30 @@ class Launcher:
         if entry.deliveries > self.settings.max_deliveries:
             self._give_up(msg, entry, ctx, namespace, deadline)
             return
+        started, status = time.monotonic(), [""]
         try:
             outcome = self._retrying(lambda: self._create(namespace, pod, msg.external_executor_id, deadline), ctx,
-                                     deadline, rate_limited=True,
+                                     deadline, rate_limited=True, status=status,
                                      last_delivery=entry.deliveries >= self.settings.max_deliveries)
         except _Superseded as exc:
             self._ack(entry)
-            self.metrics.inc("skipped_total")
+            self.metrics.messages.labels("skipped").inc()
             log.info("skipped launch: %s", exc, extra=ctx)
             return
         if outcome is None:
             return  # stopping or retry budget spent: left pending for redelivery
+        self.metrics.create_seconds.observe(time.monotonic() - started)
         if outcome.kind in ("created", "exists"):
             self._ack(entry)
-            self.metrics.inc("created_total" if outcome.kind == "created" else "already_exists_total")
+            if outcome.kind == "created":
+                self.metrics.creates.labels("created", "201").inc()
+            else:
+                self.metrics.creates.labels("already_exists", "409").inc()
             log.info("pod %s", outcome.kind, extra=ctx)
         else:
             self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, outcome.message, namespace),
                                    dispatch=msg.external_executor_id)
-            self.metrics.inc("failed_total")
+            self.metrics.creates.labels("failed", status[0]).inc()
             log.error("pod create failed permanently: %s", outcome.message, extra=ctx)
 
     def _give_up(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], namespace: str, deadline: float) -> None:
@@ -454,7 +465,7 @@ class Launcher:
         outcome = self._retrying(lambda: found.append(self.pods.get(namespace, msg.pod_name,
                                                                     timeout=self._timeout(deadline))), ctx, deadline)
         if outcome is None or outcome.kind != "created" or not found:
-            self.metrics.inc("give_up_unverified_total")
+            self.metrics.messages.labels("give_up_unverified").inc()
             log.warning("launch past %d deliveries left pending: its pod could not be looked up%s",
                         self.settings.max_deliveries, f" ({outcome.message})" if outcome else "", extra=ctx)
             return
@@ -462,7 +473,7 @@ class Launcher:
         theirs = _dispatch_of(pod)
         if pod is not None and (not dispatch or not theirs or theirs == dispatch):
             self._ack(entry)
-            self.metrics.inc("already_exists_total")
+            self.metrics.creates.labels("already_exists", "200").inc()
             log.info("launch past %d deliveries: its pod exists, launched", self.settings.max_deliveries, extra=ctx)
             return
         reason = f"launch gave up after {entry.deliveries - 1} deliveries"
@@ -470,7 +481,7 @@ class Launcher:
             reason += f" (the pod name is held by a pod of dispatch {theirs})"
         self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, reason, namespace),
                                dead_reason=reason, raw=entry.raw, dispatch=dispatch)
-        self.metrics.inc("dead_lettered_total")
+        self.metrics.dead_letters.labels("gave_up").inc()
         log.error("dead-lettered: %s", reason, extra=ctx)
 
     def _timeout(self, deadline: float) -> Timeout:
@@ -509,7 +520,7 @@ class Launcher:
         if phase not in FINISHED_PHASES or meta.get("deletionTimestamp"):
             raise _OlderPodExists(f"pod of an earlier dispatch {theirs} still exists ({phase or 'no phase'})")
         self.pods.delete(namespace, name, uid=meta["uid"], grace_period_seconds=0, timeout=self._timeout(deadline))
-        self.metrics.inc("replaced_finished_total")
+        self.metrics.replaced_finished.inc()
         log.info("deleted the %s pod of an earlier dispatch %s that held the name", phase, theirs,
                  extra={"pod": name, "namespace": namespace})
         try:
@@ -541,20 +552,22 @@ class Launcher:
             return
         if outcome.kind != "transient":
             self._ack(entry)  # deleted, gone already, or not ours
-            self.metrics.inc("revoked_total")
+            self.metrics.messages.labels("revoked").inc()
             log.info("revoke handled: %s", outcome.message or "no pod of the revoked dispatch remains", extra=ctx)
 
     def _retrying(self, call: Callable[[], object], ctx: dict[str, str], deadline: float, *,
-                  rate_limited: bool = False, last_delivery: bool = False) -> Outcome | None:
+                  rate_limited: bool = False, last_delivery: bool = False,
+                  status: list[str] | None = None) -> Outcome | None:
         """Run an API call, retrying transient errors until ``deadline``; None = give up for now (left
         pending). Success is ``Outcome("created")``; ``_Superseded`` passes through. A 403 Forbidden is
         retried like a transient error (an apiserver that just restarted denies until its RBAC cache is
-        warm) and fails the task only on the ``last_delivery``, when it has persisted through them all."""
+        warm) and fails the task only on the ``last_delivery``, when it has persisted through them all.
+        ``status[0]`` gets the HTTP status of the last API error (metrics)."""
         attempt = 0
         while True:
-            if rate_limited and not self.limiter.acquire(self.stopping, deadline):
+            if rate_limited and not self._acquire_token(deadline):
                 if not self.stopping.is_set():
-                    self.metrics.inc("released_total")
+                    self.metrics.messages.labels("released").inc()
                     log.warning("no create token before the retry budget's end, leaving for redelivery", extra=ctx)
                 return None
             try:
@@ -563,18 +576,20 @@ class Launcher:
             except _Superseded:
                 raise
             except _BudgetSpent:
-                self.metrics.inc("released_total")
+                self.metrics.messages.labels("released").inc()
                 log.warning("retry budget spent, leaving for redelivery", extra=ctx)
                 return None
             except (_OlderPodExists, _PodVanished) as exc:
                 outcome = Outcome("transient", str(exc))
             except Exception as exc:  # classified below; unknown errors are transient (bounded by max_deliveries)
                 outcome = classify_exception(exc)
+                if status is not None:
+                    status[0] = str(exc.status) if isinstance(exc, ApiError) else ""
                 if not isinstance(exc, ApiError) and outcome.kind == "permanent":
                     log.error("unexpected error from the API client", exc_info=True, extra=ctx)
             if outcome.kind not in ("transient", "denied"):
                 return outcome
-            self.metrics.inc("transient_errors_total")
+            self.metrics.retries.labels(outcome.kind).inc()
             backoff = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
             delay = max(outcome.retry_after or 0.0, backoff)
             attempt += 1
@@ -583,9 +598,47 @@ class Launcher:
                 return Outcome("permanent", f"{outcome.message} (still denied after {self.settings.max_deliveries} "
                                             "deliveries)")
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
-                self.metrics.inc("released_total")
+                self.metrics.messages.labels("released").inc()
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)
                 return None
             log.info("transient API error, retrying in %.2fs: %s", delay, outcome.message, extra=ctx)
             if self.stopping.wait(delay):
                 return None
+
+    # -- metrics -----------------------------------------------------------------------------
+    def _acquire_token(self, deadline: float) -> bool:
+        """A create token from the shared rate limiter, the wait measured."""
+        if self.limiter.rate <= 0:
+            return True
+        started = time.monotonic()
+        try:
+            return self.limiter.acquire(self.stopping, deadline)
+        finally:
+            waited = time.monotonic() - started
+            self.metrics.rate_limit_wait_seconds.observe(waited)
+            if waited >= RATE_LIMIT_WAIT_THRESHOLD_SECONDS:
+                self.metrics.rate_limit_waits.inc()
+
+    def _observe_streams(self) -> None:
+        """Redis resets seen by the consumer; every few seconds, each launch stream's lag and pending
+        count (XINFO GROUPS: one round trip per queue)."""
+        resets = self.consumer.resets
+        if resets > self._resets_seen:
+            self.metrics.redis_resets.inc(resets - self._resets_seen)
+            self._resets_seen = resets
+        now = time.monotonic()
+        if now - self._stream_stats_at < STREAM_STATS_INTERVAL_SECONDS:
+            return
+        self._stream_stats_at = now
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.settings.queues:
+            pipe.xinfo_groups(self.keys.launch(queue))
+        for queue, groups in zip(self.settings.queues, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(groups, Exception):
+                continue  # no stream yet (nothing dispatched): the next round sees it
+            for group in groups:
+                if as_text(group.get("name", b"")) == LAUNCH_GROUP:
+                    lag = group.get("lag")
+                    if lag is not None:  # None: Redis cannot tell (entries deleted mid-stream)
+                        self.metrics.stream_lag.labels(queue).set(int(lag))
+                    self.metrics.stream_pending.labels(queue).set(int(group.get("pending", 0)))
