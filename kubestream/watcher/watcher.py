@@ -50,7 +50,7 @@ import urllib3
 
 from kubestream.apierrors import classify_exception
 from kubestream.backoff import backoff_delay
-from kubestream.health import Heartbeat, Metrics
+from kubestream.health import Heartbeat
 from kubestream.keys import Keys
 from kubestream.kubeapi import ApiError, Gone, PodApi, PodWatch
 from kubestream.luascripts import Script
@@ -62,6 +62,7 @@ from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_
 from kubestream.text import as_text
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
+from kubestream.watcher.metrics import WatcherMetrics
 
 log = logging.getLogger("kubestream.watcher")
 SELECTOR = f"{MANAGED_LABEL}=true"
@@ -138,7 +139,7 @@ class Watcher:
             log.warning(UNSIGNED_WARNING)
         self.store = TaskStore(redis_client, self.keys, settings, signer)
         self.name = name or settings.member_name()
-        self.metrics = Metrics("watcher")
+        self.metrics = WatcherMetrics()
         self.lease = Lease(redis_client, self.keys.watcher_lease, self.name, settings.lease_seconds,
                            fence_key=self.keys.watcher_fence)
         self.stopping = threading.Event()
@@ -203,7 +204,9 @@ class Watcher:
         if epoch and (term is None or not term.active or term.fence.epoch != epoch):
             term = Term(self.lease.fence(epoch))
             self._term = term
-        return term if epoch and term is not None and term.active else None
+        current = term if epoch and term is not None and term.active else None
+        self.metrics.lease_holder.set(1 if current is not None else 0)
+        return current
 
     def _lead(self, term: Term) -> None:
         namespaces = self.settings.namespaces_to_watch()
@@ -224,6 +227,7 @@ class Watcher:
             t.join(timeout=self.settings.watch_timeout_seconds + 15)
 
     def _give_up_lease(self) -> None:
+        self.metrics.lease_holder.set(0)
         try:
             if self.lease.release():
                 log.info("watcher lease released")
@@ -240,7 +244,7 @@ class Watcher:
     def _deposed(self, term: Term, what: str) -> NoReturn:
         """Redis refused ``what``: another process holds the lease (or this one under a newer epoch)."""
         if term.active:
-            self.metrics.inc("deposed_total")
+            self.metrics.deposed.inc()
             log.warning("Redis refused %s: this process no longer holds the watcher lease (epoch %d); "
                         "it stops leading", what, term.fence.epoch)
         term.end()
@@ -260,7 +264,7 @@ class Watcher:
         known, self._data_epoch = self._data_epoch, value
         if known is None or value == known:
             return
-        self.metrics.inc("redis_resets_total")
+        self.metrics.redis_resets.inc()
         log.error("Redis lost its data (its data epoch changed from %s to %s): task records, results and "
                   "checkpoints written before are gone; relisting every namespace", known, value)
         for watch in list(self._watches):
@@ -286,21 +290,23 @@ class Watcher:
         ctx = {"task": str(pod_id.key), "pod": pod_id.name, "namespace": pod_id.namespace,
                "rv": meta.get("resourceVersion")}
         if pod_id.name != pod_id.key.pod_name():
-            self.metrics.inc("foreign_pods_total")
+            self.metrics.foreign_pods.inc()
             log.warning("ignored a pod whose name is not its task's pod name %s", pod_id.key.pod_name(), extra=ctx)
             return None
         verdict = classify_pod(pod, event_type, self.settings.fatal_container_reasons)
         if verdict is None:
             return pod_id
         state, reason = verdict
+        started = time.monotonic()
         result = self.store.publish(TaskStateChanged(key=pod_id.key, state=state, reason=reason,
                                                      pod_name=pod_id.name, namespace=pod_id.namespace,
                                                      at=time.time()),
                                     pod_id.dispatch, fence=term.fence)
+        self.metrics.publish_seconds.observe(time.monotonic() - started)
         if result.detail == NOT_LEASE_HOLDER:
             self._deposed(term, "a publish")
         if result.published:
-            self.metrics.inc("published_total")
+            self.metrics.published.labels(state.value).inc()
             log.info("published %s %s", state.value, reason,
                      extra={**ctx, "entry": result.detail, "owner": result.owner})
         gone = event_type == "DELETED" or meta.get("deletionTimestamp")
@@ -334,6 +340,8 @@ class Watcher:
             if member.dispatch is None:
                 self._remove_live(member, term)  # the publish removes members of the current form only
             if result.published:
+                self.metrics.published.labels(TaskState.FAILED.value).inc()
+                self.metrics.vanished.inc()
                 log.warning("pod vanished while the watcher was away", extra={"task": str(key), "pod": member.pod})
             else:
                 log.info("vanished live pod not reported: %s", result.detail,
@@ -358,13 +366,16 @@ class Watcher:
             return
         try:
             if self.pods.delete(pod.namespace, pod.name, uid=pod.uid):
-                self.metrics.inc("deleted_total")
+                self.metrics.deletes.labels("deleted").inc()
         except ApiError as exc:
             if exc.status == 409:
+                self.metrics.deletes.labels("replaced").inc()
                 log.info("pod not deleted: it was replaced by another pod of the same name", extra=ctx)
             else:
+                self.metrics.deletes.labels("error").inc()
                 log.warning("pod delete failed: %s", exc, extra=ctx)
         except Exception as exc:  # noqa: BLE001 - connection errors: the next relist deletes it again
+            self.metrics.deletes.labels("error").inc()
             log.warning("pod delete failed: %s", exc, extra=ctx)
 
 
@@ -422,9 +433,11 @@ class NamespaceWatch:
                     rv = self.relist()
                 rv = self.watch(rv)
                 failures = stubborn = 0
+                self.w.metrics.watch_restarts.inc()
             except Gone:
                 log.info("resourceVersion %s expired (410): relisting", rv, extra={"namespace": self.ns})
-                self.w.metrics.inc("relists_410_total")
+                self.w.metrics.watch_expired.inc()
+                self.w.metrics.watch_restarts.inc()
                 rv = ""
             except Deposed:
                 raise
@@ -437,7 +450,8 @@ class NamespaceWatch:
                 outcome = classify_exception(exc)
                 delay = max(outcome.retry_after or 0.0, backoff_delay(failures, base=0.2, cap=5.0))
                 failures += 1
-                self.w.metrics.inc("watch_errors_total")
+                self.w.metrics.watch_errors.inc()
+                self.w.metrics.watch_restarts.inc()
                 log.warning("watch error (%s), retrying in %.1fs", outcome.message or exc, delay,
                             extra={"namespace": self.ns})
                 self.term.ended.wait(delay)
@@ -457,7 +471,7 @@ class NamespaceWatch:
         self.w.publish_vanished(self.ns, seen, self.term)
         rv = page.resource_version
         self.checkpoint(rv, force=True)
-        self.w.metrics.inc("relists_total")
+        self.w.metrics.relists.inc()
         return rv
 
     def watch(self, rv: str) -> str:
