@@ -13,9 +13,11 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
+from airflow._shared.observability.metrics import stats  # the Stats facade BaseExecutor reports through
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
 from kubestream.executor import results
@@ -33,6 +35,9 @@ from kubestream.text import StreamFields, as_text, stream_entries
 if TYPE_CHECKING:
     from airflow.models.taskinstance import TaskInstance
 
+
+
+STAT = "kubestream.executor."  # prefix of the executor's own metrics (docs/operations.md)
 
 
 class SchedulerIdInUse(RuntimeError):
@@ -164,6 +169,7 @@ class KubeStreamExecutor(BaseExecutor):
         from airflow.executors.workloads import ExecuteTask
 
         assert self.redis is not None and self.store is not None and self.keys is not None and self.settings
+        started = time.monotonic()
         launches = []
         for w in workloads:
             if not isinstance(w, ExecuteTask):
@@ -181,6 +187,7 @@ class KubeStreamExecutor(BaseExecutor):
                 self.log.error("%s: %s", w.ti.key, reason)
                 del self.queued_tasks[w.ti.key]
                 self.fail(w.ti.key, info=reason)
+                stats.incr(f"{STAT}launch_build_failures")
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
@@ -195,12 +202,15 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:
             # nothing was written (MULTI/EXEC): the workloads stay queued and go again next heartbeat
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
+            stats.incr(f"{STAT}dispatch_redis_errors")
             return
         for ti_key, msg, _ in launches:
             del self.queued_tasks[ti_key]
             self.running.add(ti_key)
             if msg.external_executor_id:
                 self._external_ids[ti_key] = msg.external_executor_id
+        stats.timing(f"{STAT}dispatch_batch_duration", timedelta(seconds=time.monotonic() - started))
+        stats.incr(f"{STAT}dispatched", count=len(launches))
 
     # -- results --------------------------------------------------------------------------------
     def sync(self) -> None:
@@ -227,13 +237,20 @@ class KubeStreamExecutor(BaseExecutor):
         if not entries and self._cursor == "0":
             self._cursor = ">"  # our pending backlog is applied: read new entries from now on
             return self.apply_results()
+        stats.gauge(f"{STAT}results_per_sync", len(entries))
         if not entries:
             return 0
         events, bad = results.decode_entries(entries, self.results_stream, self.signer)
         for eid, reason in bad:
             self.log.error("dead-lettering undecodable result %s: %s", eid, reason)
             self._dead_letter(eid, reason, dict(entries)[eid])
+        if bad:
+            stats.incr(f"{STAT}results_dead_lettered", count=len(bad))
         results.apply(self, events)
+        stats.incr(f"{STAT}results_applied", count=len(events))
+        published = [e.at for e in events if e.at > 0]
+        if published:  # the oldest result of the batch: how far behind the pods this scheduler is
+            stats.timing(f"{STAT}result_lag", timedelta(seconds=max(0.0, time.time() - min(published))))
         try:
             self.redis.xack(self.results_stream, RESULTS_GROUP, *[eid for eid, _ in entries])
         except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
@@ -260,6 +277,7 @@ class KubeStreamExecutor(BaseExecutor):
         self.log.error("the result stream %s lost its consumer group: Redis lost its data (restart without "
                        "persistence, failover, FLUSHALL); recreating it and reconciling running tasks",
                        self.results_stream)
+        stats.incr(f"{STAT}redis_resets")
         try:
             self._ensure_group()
             self._cursor = "0"
@@ -283,6 +301,10 @@ class KubeStreamExecutor(BaseExecutor):
             return 0
         missing, final = self.store.unreported(list(by_pod),
                                                settled_before=time.time() - self.settings.reconcile_seconds)
+        if missing:
+            stats.incr(f"{STAT}reconcile_lost_records", count=len(missing))
+        if final:
+            stats.incr(f"{STAT}reconcile_lost_results", count=len(final))
         if missing:
             keys = [task_key(by_pod[pod]) for pod in missing]
             states = self.task_states_from_db(keys)
@@ -353,6 +375,9 @@ class KubeStreamExecutor(BaseExecutor):
                 self._external_ids[ti.key] = ti.external_executor_id
             adopted.append((task_key(ti.key), state))
         results.apply_adopted(self, adopted)
+        stats.incr(f"{STAT}adopted", count=len(adopted))
+        stats.incr(f"{STAT}not_adopted", count=len(not_adopted))
+        stats.timing(f"{STAT}adoption_duration", timedelta(seconds=time.monotonic() - started))
         self.log.info("adopted %d task instances in %.1f ms, %d not adoptable", len(adopted),
                       (time.monotonic() - started) * 1000, len(not_adopted))
         return not_adopted
