@@ -119,16 +119,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_janitor(args: argparse.Namespace) -> int:
     from kubestream import logs
-    from kubestream.janitor import Janitor
     from kubestream.redisconn import connect
 
     settings = _settings()
     logs.configure(args.log_level)
-    janitor = Janitor(settings, connect(settings))
-    _on_signals(janitor.stop)
-    swept = janitor.run(once=args.once)
     if args.once:
-        print(json.dumps({"result_streams": swept.result_streams, "consumers": swept.consumers}, indent=2))
+        from kubestream.janitor.jobs import run_all
+
+        print(json.dumps(run_all(connect(settings), settings), indent=2))
+        return 0
+    from kubestream.janitor.worker import rq_key_prefix
+
+    os.environ.setdefault("RQ_KEY_PREFIX", rq_key_prefix(settings))  # read by rq when it is imported
+    from kubestream.janitor.worker import work
+
+    work(connect(settings), settings, burst=args.burst)
     return 0
 
 
@@ -169,8 +174,10 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="streams, lag, pending, dead letters, watcher lease")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("janitor", help="keep Redis bounded: delete gone schedulers' result streams, stale consumers")
-    p.add_argument("--once", action="store_true", help="one sweep, print what it removed, exit")
+    p = sub.add_parser("janitor", help="maintenance on rq: gone schedulers' result streams, stale consumers, "
+                       "stream trimming, failed pods past their retention")
+    p.add_argument("--once", action="store_true", help="run every job once inline, print what it removed, exit")
+    p.add_argument("--burst", action="store_true", help="rq burst mode: run the queued jobs, then exit")
     p.add_argument("--log-level", default=os.environ.get("KUBESTREAM_LOG_LEVEL", "INFO"))
     p.set_defaults(func=cmd_janitor)
     p = sub.add_parser("acl", help="print a Redis ACL file with one least-privilege user per component")

@@ -262,10 +262,13 @@ class Settings:
         "Executor: how often `running` is checked against the task records in Redis; a task whose record "
         "vanished (Redis lost its data) is reported with the state it wrote to the Airflow DB.", _float(1)))
     janitor_interval_seconds: float = field(default=300.0, metadata=_doc(
-        "Janitor: seconds between maintenance sweeps.", _float(1)))
+        "Janitor: seconds between runs of each maintenance job (the janitor's rq scheduler enqueues them).", _float(1)))
     stale_after_seconds: float = field(default=3600.0, metadata=_doc(
         "Janitor: a result stream of a scheduler gone this long, or a consumer idle this long with nothing "
         "pending, is deleted.", _float(60)))
+    failed_pod_retention_seconds: float = field(default=86400.0, metadata=_doc(
+        "Janitor: a failed task pod (kept by the watcher for its logs) is deleted this long after it "
+        "finished.", _float(0)))
     metrics_host: str = field(default="127.0.0.1", metadata=_doc(
         "Launcher/watcher: address /healthz and /metrics listen on (the manifests use the pod's IP).", _str))
     launch_maxlen: int = field(default=1_000_000, metadata=_doc(

@@ -339,9 +339,9 @@ def test_settings_come_from_the_config_map_and_secrets_only_by_reference(objs: l
             assert env["KUBESTREAM_METRICS_HOST"]["fieldRef"]["fieldPath"] == "status.podIP"
             ports = {p["name"]: p["containerPort"] for p in container(dep)["ports"]}
             assert ports["metrics"] == int(data["KUBESTREAM_METRICS_PORT"]) == METRICS_PORT
-        else:  # the janitor needs Redis and nothing else
+        else:  # the janitor needs Redis and its ServiceAccount's token (failed task pods), no signing keys
             assert set(env) == {"KUBESTREAM_REDIS_URL"}
-            assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+            assert dep["spec"]["template"]["spec"].get("automountServiceAccountToken") is not False
         values = {**data, "KUBESTREAM_REDIS_URL": "redis://redis.example:6379/0"}
         settings = Settings.from_env(values)  # every value parses, the cross-field rules hold
         assert settings.namespace == "airflow-tasks"
@@ -378,7 +378,7 @@ def test_the_roles_are_bound_in_the_task_namespace_only(objs: list[Obj]) -> None
     assert not find(objs, "ClusterRoleBinding"), "nothing is granted cluster-wide"
     bindings = find(objs, "RoleBinding")
     assert {(b["metadata"]["namespace"], b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings} == {
-        (settings.namespace, "ClusterRole", f"kubestream-{c}") for c in PROBED}
+        (settings.namespace, "ClusterRole", f"kubestream-{c}") for c in COMPONENTS}
     for b in bindings:
         (subject,) = b["subjects"]
         assert subject["kind"] == "ServiceAccount" and subject["namespace"] == COMPONENT_NS

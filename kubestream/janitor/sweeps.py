@@ -1,4 +1,4 @@
-"""Maintenance that keeps Redis bounded (``kubestream janitor``); never on the dispatch path.
+"""The Redis sweeps of ``kubestream janitor``; never on the dispatch path.
 
 - Result streams of schedulers that are gone: a scheduler keeps ``{p}:scheduler:<id>``
   alive from its ``sync()``; once that key is gone and the stream saw no entry for
@@ -12,31 +12,28 @@
   removed from its group. A dead launcher's pending entries are reclaimed by the
   others first; its consumer goes once they are.
 
+- Trimming: a launch or result stream keeps the entries its consumer group has
+  already acknowledged until ``launch_maxlen``/``results_maxlen`` cuts them; the
+  janitor trims each stream below the oldest entry still pending in any of its
+  groups (or, with nothing pending, below the first entry not yet delivered).
+  A stream without a group, or a group that never read, is left alone.
+
 Every step is idempotent, so several janitors may run at once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 
 import redis
 
 from kubestream.keys import Keys
-from kubestream.settings import Settings
 from kubestream.text import as_text
 
 log = logging.getLogger("kubestream.janitor")
 
-
-@dataclass
-class Swept:
-    """What one sweep removed."""
-
-    result_streams: list[str] = field(default_factory=list)
-    consumers: list[tuple[str, str, str]] = field(default_factory=list)  # (stream, group, consumer)
+_NO_ID = "0-0"
 
 
 def _idle_ms(client: redis.Redis, stream: str) -> float:
@@ -88,31 +85,46 @@ def sweep_consumers(client: redis.Redis, keys: Keys, stale_after_s: float) -> li
     return removed
 
 
-def sweep(client: redis.Redis, settings: Settings) -> Swept:
-    keys = Keys(settings.key_prefix)
-    return Swept(sweep_result_streams(client, keys, settings.stale_after_seconds),
-                 sweep_consumers(client, keys, settings.stale_after_seconds))
+def _id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = as_text(value).partition("-")
+    return int(ms), int(seq or 0)
 
 
-class Janitor:
-    """Sweeps every ``janitor_interval_seconds`` until stopped; rides out Redis errors."""
+def trim_floor(client: redis.Redis, stream: str) -> str | None:
+    """The lowest entry id every group of ``stream`` may still need, or None when trimming is not safe
+    (no group, a group that never read)."""
+    groups = client.xinfo_groups(stream)
+    if not groups:
+        return None
+    floors: list[tuple[int, int]] = []
+    for group in groups:
+        last = as_text(group["last-delivered-id"])
+        if last == _NO_ID:
+            return None
+        pending = client.xpending(stream, as_text(group["name"]))
+        if int(pending["pending"]):
+            floors.append(_id(pending["min"]))
+        else:
+            ms, seq = _id(last)
+            floors.append((ms, seq + 1))  # everything up to the last delivered entry is acknowledged
+    ms, seq = min(floors)
+    return f"{ms}-{seq}"
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
-        self.settings, self.redis = settings, client
-        self.stopping = threading.Event()
 
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def run(self, *, once: bool = False) -> Swept:
-        last = Swept()
-        while not self.stopping.is_set():
-            try:
-                last = sweep(self.redis, self.settings)
-                log.info("swept: %d result streams, %d consumers", len(last.result_streams), len(last.consumers))
-            except redis.RedisError as exc:
-                log.warning("sweep failed, retrying next interval: %s", exc)
-            if once:
-                break
-            self.stopping.wait(self.settings.janitor_interval_seconds)
-        return last
+def trim_streams(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Trim every launch and result stream below its ``trim_floor``; returns the entries removed per stream."""
+    trimmed: dict[str, int] = {}
+    streams = [as_text(s) for pattern in (keys.launch_pattern, keys.results_pattern)
+               for s in client.scan_iter(match=pattern, count=1000)]
+    for stream in streams:
+        try:
+            floor = trim_floor(client, stream)
+            if floor is None:
+                continue
+            removed = int(client.xtrim(stream, minid=floor, approximate=False))
+        except redis.ResponseError:  # not a stream (any more)
+            continue
+        if removed:
+            trimmed[stream] = removed
+            log.info("trimmed acknowledged entries", extra={"stream": stream, "entries": removed})
+    return trimmed
