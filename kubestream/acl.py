@@ -54,7 +54,8 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+xadd", "+hget", "+hmget", "+hset", "+expire", "+sadd", "+srem", "+pexpire",  # failed launches
                 "+scan",  # `kubestream launcher --check` finds its health key
                 _selector(_keys(k.launch("*")), ("+xreadgroup", "+xack", "+xdel", "+xpending", "+xclaim",
-                                                 "+xautoclaim", "+xgroup|create", "+xgroup|createconsumer")),
+                                                 "+xautoclaim", "+xgroup|create", "+xgroup|createconsumer",
+                                                 "+xinfo|groups")),  # the stream lag and pending metrics
                 # the failed-launch script names a launch stream among its keys; its inner commands are
                 # still checked one by one (no XADD to a launch stream from a script either)
                 _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), k.live), _SCRIPTS),
