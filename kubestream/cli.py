@@ -1,4 +1,4 @@
-"""`kubestream` command line: launcher, watcher, status, janitor, settings.
+"""`kubestream` command line: launcher, watcher, status, janitor, dlq, acl, settings.
 
 The same verbs are reachable as ``airflow kubestream ...`` through the
 executor's ``get_cli_commands()``.
@@ -137,6 +137,43 @@ def cmd_janitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from kubestream import dlq
+    from kubestream.keys import Keys
+    from kubestream.redisconn import connect
+
+    settings = _settings()
+    client, keys = connect(settings), Keys(settings.key_prefix)
+    if args.dlq_command == "list":
+        letters = [d.summary() for d in dlq.list_letters(client, keys, count=args.count)]
+        print(json.dumps(letters, indent=2) if args.json else
+              "\n".join(f"{d['id']}  {d['reason']}  {d['stream']}  {d['task']}" for d in letters) or "no dead letters")
+        return 0
+    if args.dlq_command == "show":
+        letter = dlq.get(client, keys, args.id)
+        if letter is None:
+            print(f"kubestream: no dead letter {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps({**letter.summary(), "entry": letter.entry, "message": letter.decoded()}, indent=2,
+                         default=str))
+        return 0
+    if args.dlq_command == "replay":
+        from kubestream.signing import signer_for
+
+        try:
+            new_id = dlq.replay(client, keys, signer_for(settings), args.id, launch_maxlen=settings.launch_maxlen)
+        except dlq.ReplayRefused as exc:
+            print(f"kubestream: replay refused: {exc}", file=sys.stderr)
+            return 1
+        print(new_id)
+        return 0
+    if not args.all and args.older_than is None:
+        print("kubestream: dlq purge needs --all or --older-than SECONDS", file=sys.stderr)
+        return 2
+    print(dlq.purge(client, keys, older_than_s=None if args.all else args.older_than))
+    return 0
+
+
 def cmd_acl(args: argparse.Namespace) -> int:
     from kubestream.acl import acl_file
 
@@ -180,6 +217,21 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="rq burst mode: run the queued jobs, then exit")
     p.add_argument("--log-level", default=os.environ.get("KUBESTREAM_LOG_LEVEL", "INFO"))
     p.set_defaults(func=cmd_janitor)
+    p = sub.add_parser("dlq", help="dead letters: list, show, replay (a launch whose dispatch is current), purge")
+    dsub = p.add_subparsers(dest="dlq_command", required=True)
+    d = dsub.add_parser("list", help="id, reason, origin stream and task of the newest dead letters")
+    d.add_argument("--count", type=int, default=100)
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("show", help="one dead letter with its (redacted) message decoded")
+    d.add_argument("id")
+    d = dsub.add_parser("replay", help="re-send a dead-lettered launch, signed, if its task record names the same "
+                                       "dispatch and has no final state")
+    d.add_argument("id")
+    d = dsub.add_parser("purge", help="delete all dead letters (--all) or those older than --older-than seconds")
+    group = d.add_mutually_exclusive_group()
+    group.add_argument("--all", action="store_true")
+    group.add_argument("--older-than", type=float, metavar="SECONDS")
+    p.set_defaults(func=cmd_dlq)
     p = sub.add_parser("acl", help="print a Redis ACL file with one least-privilege user per component")
     p.add_argument("--prefix", default="kubestream", help="the key_prefix the users are confined to")
     p.add_argument("--scheduler-id", action="append", help="one scheduler user confined to this id (repeatable)")
