@@ -68,10 +68,14 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+get", "+set", "+pexpire", "+del", "+incr", "+exists",  # checkpoints, lease, epoch
                 _selector(_keys(k.health("watcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]
     if component == "janitor":
+        rq = f"{k.base}:rq:*"  # rq's keys and channels (RQ_KEY_PREFIX, set by `kubestream janitor`)
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, "+scan",
                 *_keys(k.results("*"), k.launch("*"), k.scheduler("*")),
                 "+exists", "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+xgroup|delconsumer",
-                _selector(_keys(k.results("*")), ("+del",))]
+                "+xpending", "+xtrim",  # trimming below the oldest pending entry
+                _selector(_keys(k.results("*")), ("+del",)),
+                # the janitor's rq worker, scheduler and jobs: anything but admin commands, on rq's keys only
+                _selector([*_keys(rq), f"&{rq}"], ("+@all", "-@dangerous", "-@admin"))]
     if component == "status":  # `kubestream status`: read-only
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, "+scan", f"%R~{k.base}:*",
                 "+xlen", "+xinfo|groups", "+xinfo|consumers", "+xrevrange", "+scard", "+get", "+hgetall"]
