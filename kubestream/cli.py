@@ -1,4 +1,4 @@
-"""`kubestream` command line: launcher, watcher, status, janitor, dlq, acl, settings.
+"""`kubestream` command line: launcher, watcher, status, janitor, dlq, cleanup-pods, acl, settings.
 
 The same verbs are reachable as ``airflow kubestream ...`` through the
 executor's ``get_cli_commands()``.
@@ -174,6 +174,22 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup_pods(args: argparse.Namespace) -> int:
+    from kubestream.janitor.pods import cleanup_pods
+    from kubestream.kubeapi import PodApi, api_client
+
+    settings = _settings()
+    namespaces = tuple(args.namespace or settings.namespaces_to_watch())
+    api = api_client(settings.kube_config, settings.kube_context, pool_size=2)
+    try:
+        found = cleanup_pods(PodApi(api), namespaces, dry_run=args.dry_run)
+    finally:
+        api.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    print("\n".join(f"{verb} {p}" for p in found) or f"no finished kubestream pods in {', '.join(namespaces)}")
+    return 0
+
+
 def cmd_acl(args: argparse.Namespace) -> int:
     from kubestream.acl import acl_file
 
@@ -232,6 +248,11 @@ def build_parser(prog: str = "kubestream") -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true")
     group.add_argument("--older-than", type=float, metavar="SECONDS")
     p.set_defaults(func=cmd_dlq)
+    p = sub.add_parser("cleanup-pods", help="delete finished (succeeded or failed) kubestream pods now")
+    p.add_argument("--namespace", action="append", help="a namespace to clean (repeatable; default: the task "
+                                                        "namespaces, as the watcher's)")
+    p.add_argument("--dry-run", action="store_true", help="only print the pods that would be deleted")
+    p.set_defaults(func=cmd_cleanup_pods)
     p = sub.add_parser("acl", help="print a Redis ACL file with one least-privilege user per component")
     p.add_argument("--prefix", default="kubestream", help="the key_prefix the users are confined to")
     p.add_argument("--scheduler-id", action="append", help="one scheduler user confined to this id (repeatable)")

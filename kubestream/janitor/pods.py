@@ -70,3 +70,22 @@ def delete_failed_pods(pods: PodApi, namespaces: tuple[str, ...], retention_s: f
                 deleted.append(f"{namespace}/{name}")
                 log.info("deleted a failed pod past its retention", extra={"namespace": namespace, "pod": name})
     return deleted
+
+
+FINISHED = ("Succeeded", "Failed")
+
+
+def cleanup_pods(pods: PodApi, namespaces: tuple[str, ...], *, dry_run: bool = False) -> list[str]:
+    """``cleanup-pods``: delete every finished (Succeeded or Failed) kubestream pod of ``namespaces``
+    now, whatever its retention; returns ``namespace/name (phase)`` of each one (not deleted on a dry run)."""
+    found = []
+    for namespace in namespaces:
+        for pod in pods_in(pods, namespace):
+            phase = (pod.get("status") or {}).get("phase")
+            if phase not in FINISHED:
+                continue
+            meta = pod.get("metadata") or {}
+            name = str(meta.get("name"))
+            if dry_run or pods.delete(namespace, name, uid=str(meta.get("uid") or "")):
+                found.append(f"{namespace}/{name} ({phase})")
+    return found
