@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,14 @@ def test_purge_older_than_then_all(settings, redis_client, keys) -> None:
     out = _cli(settings, "purge", "--all")
     assert out.returncode == 0 and out.stdout.strip() == "1"
     assert redis_client.xlen(keys.dead) == 0
+
+
+def test_airflow_kubestream_dlq_lists_the_same(settings, redis_client, keys) -> None:
+    letter = _dead_letter(redis_client, keys, _launch("t7", token=True))
+    env = {**os.environ, **settings.to_env("AIRFLOW__KUBESTREAM__"),
+           "AIRFLOW__CORE__EXECUTOR": "kubestream.executor.KubeStreamExecutor"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    out = subprocess.run([airflow, "kubestream", "dlq", "list", "--json"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [d["id"] for d in json.loads(out.stdout[out.stdout.index("["):])] == [letter]
