@@ -77,7 +77,7 @@ class Metrics:
                 else:
                     key = fmt.format(**sample.labels)
                 out[key] = out.get(key, 0.0) + sample.value
-        return out
+        return {key: int(v) if v.is_integer() else v for key, v in out.items()}  # counts read as counts
 
     def prometheus(self) -> bytes:
         """The text exposition of the registry (without the ``*_created`` series: a process start time
