@@ -12,7 +12,7 @@ from pathlib import Path
 from kubestream.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCTION_COMMANDS = {"launcher", "watcher", "status", "janitor", "acl", "settings"}
+PRODUCTION_COMMANDS = {"launcher", "watcher", "status", "janitor", "dlq", "cleanup-pods", "acl", "settings"}
 DEV_TOOLS = ("devkit", "localcluster", "kubelet", "faultproxy", "redisserver", "airflowstack", "demo")
 
 
