@@ -126,8 +126,11 @@ def cmd_janitor(args: argparse.Namespace) -> int:
     if args.once:
         from kubestream.janitor.jobs import run_all
 
-        print(json.dumps(run_all(connect(settings), settings), indent=2))
-        return 0
+        done, errors = run_all(connect(settings), settings)
+        print(json.dumps(done, indent=2))
+        for name, error in errors.items():
+            print(f"kubestream: janitor job {name} failed: {error}", file=sys.stderr)
+        return 1 if errors else 0
     from kubestream.janitor.worker import rq_key_prefix
 
     os.environ.setdefault("RQ_KEY_PREFIX", rq_key_prefix(settings))  # read by rq when it is imported

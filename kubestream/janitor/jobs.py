@@ -50,5 +50,16 @@ def run(name: str, client: redis.Redis, settings: Settings) -> Any:
     return JOBS[name](client, settings)
 
 
-def run_all(client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    return {name: run(name, client, settings) for name in JOBS}
+def run_all(client: redis.Redis, settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every job once (``--once``): what each removed, and the error of each job that failed (the others
+    still run: e.g. no Kubernetes access only stops the failed-pod job)."""
+    done: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name in JOBS:
+        try:
+            done[name] = run(name, client, settings)
+        except redis.ConnectionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported per job; the CLI exits non-zero
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    return done, errors

@@ -63,6 +63,11 @@ def test_janitor_once_through_the_cli(settings, cluster, redis_client, keys) -> 
     assert json.loads(out.stdout) == {"result_streams": [], "consumers": [], "trimmed": {},
                                       "failed_pods": []}  # not stale yet: 60 s
     assert redis_client.exists(keys.results("ghost"))
+    env["KUBESTREAM_KUBE_CONFIG"] = cluster.kubeconfig("launcher")  # may not list pods: that job alone fails
+    out = subprocess.run([sys.executable, "-m", "kubestream.cli", "janitor", "--once"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "janitor job failed_pods failed: ApiError: 403" in out.stderr
+    assert json.loads(out.stdout) == {"result_streams": [], "consumers": [], "trimmed": {}}
 
 
 def _acked_stream(redis_client, stream: str, group: str, entries: int, ack: int) -> list[bytes]:
