@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provision what the local cluster, the tests and the demo need on a Debian machine:
-#   - Debian packages: etcd-server, redis-server, postgresql, golang-go, rsync, jq, build tools
+#   - Debian packages: etcd-server, redis-server, postgresql, golang-go, rsync, jq, build tools,
+#     docker.io, debootstrap, docker-compose (the container tests)
 #   - kube-apiserver and kubectl, built once from Debian's `kubernetes` source package and
 #     cached outside the repository, keyed by the Debian source version
 #     ($CACHE_ROOT/kube-apiserver-<version>/, $CACHE_ROOT/kubectl-<version>/, and the link
@@ -53,6 +54,8 @@ ensure_deb_src() {
 }
 
 apt_install etcd=etcd-server redis-server=redis-server rsync=rsync jq=jq openssl=openssl make=make
+# the container tests (tests/containers): a private dockerd, a debootstrap base image, compose 1.29
+apt_install dockerd=docker.io debootstrap=debootstrap docker-compose=docker-compose
 # PostgreSQL (the Airflow metadata DB of the end-to-end tests and the demo): its binaries are not on PATH
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install /usr/lib/postgresql/none/bin/initdb=postgresql
