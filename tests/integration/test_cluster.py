@@ -177,7 +177,8 @@ def test_the_task_namespace_manifest_parses_and_applies(admin_api) -> None:
     # on by default), so it ignores these labels. What is tested here is that the manifest is
     # valid and applies; its enforcement is the cluster's, in production.
     docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "base" / "task-namespace.yaml").read_text()) if d]
-    assert [d["kind"] for d in docs] == ["Namespace", "RoleBinding", "RoleBinding"]
+    # one binding each for the launcher, watcher and janitor
+    assert [d["kind"] for d in docs] == ["Namespace", "RoleBinding", "RoleBinding", "RoleBinding"]
     namespace, bindings = docs[0], docs[1:]
     labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
