@@ -48,7 +48,12 @@ class RedisServer:
             with redis.Redis(port=self.port, socket_timeout=2) as client:
                 return bool(client.ping())
 
-        wait_for(ping, timeout=20, what=f"redis-server on port {self.port}")
+        try:
+            wait_for(ping, timeout=20, what=f"redis-server on port {self.port}")
+        except BaseException:
+            stop_pid(proc.pid)  # never leave a server behind a failed start
+            self.pid = 0
+            raise
         return self
 
     def restart(self, *, sig: int = signal.SIGKILL) -> RedisServer:

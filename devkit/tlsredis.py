@@ -75,7 +75,11 @@ class TlsRedisServer:
                              socket_timeout=2) as client:
                 return bool(client.ping())
 
-        wait_for(ping, timeout=20, what=f"TLS redis-server on port {self.port}")
+        try:
+            wait_for(ping, timeout=20, what=f"TLS redis-server on port {self.port}")
+        except BaseException:
+            self.stop()  # never leave a server behind a failed start
+            raise
         return self
 
     def stop(self) -> None:
