@@ -69,7 +69,7 @@ from typing import Any
 import redis
 
 from bench.pipeline import _arm_watchdog, _shield_signals
-from devkit.chaos_faults import FAULTS, FaultPlayer, Stage, make_fault
+from devkit.chaos_faults import FAULTS, Fault, FaultPlayer, Stage, make_fault
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.components import REPO_ROOT, Components
 from devkit.isolated import start_kubelet
@@ -103,6 +103,11 @@ class ChaosConfig:
     min_strikes: int = 2
     fault_window_max: float = 180.0  # the fault stops by then, struck twice or not
     keep_logs: bool = False  # keep every phase's component logs, not only those of a broken phase
+    watchers: int = 1  # the first leads, the others stand by
+    pod_seconds: float = 0.5  # a pod runs this long, plus up to pod_jitter
+    pod_jitter: float = 1.0
+    fault_until_drained: bool = False  # the fault plays until every task is final (and struck min_strikes)
+    settings: dict[str, str] = field(default_factory=lambda: dict(SETTINGS))  # over kubestream's defaults
 
 
 @dataclass(frozen=True)
@@ -217,11 +222,12 @@ class HealthMetrics:
         return {kind: dict(sorted(m.items())) for kind, m in sorted(out.items())}
 
 
-def pod_rule(index: int, fail_every: int) -> tuple[str, str]:
+def pod_rule(index: int, fail_every: int, seconds: float = 0.5, jitter: float = 1.0) -> tuple[str, str]:
     """The simulated kubelet's rule for task ``index`` and the state its task must end in."""
+    timing = f"delay={seconds:g},jitter={jitter:g}"
     if fail_every and index % fail_every == fail_every - 1:
-        return "exit:1,delay=0.5,jitter=1", "failed"
-    return "succeed:delay=0.5,jitter=1", "success"
+        return f"exit:1,{timing}", "failed"
+    return f"succeed:{timing}", "success"
 
 
 @dataclass
@@ -236,16 +242,18 @@ class TaskRun:
     queued_at: float = 0.0
     requeues: int = 0
     finals: list[tuple[str, str]] = field(default_factory=list)  # (state, info) of each final event
+    final_at: list[float] = field(default_factory=list)  # time.monotonic() each came out of the event buffer
 
     @property
     def dispatch(self) -> str:
         return str(self.work.ti.external_executor_id)
 
 
-def phase_settings(servers: Servers, namespace: str, prefix: str) -> Settings:
+def phase_settings(servers: Servers, namespace: str, prefix: str,
+                   overrides: dict[str, str] | None = None) -> Settings:
     return Settings.from_mapping({"redis_url": servers.redis_url, "key_prefix": prefix, "scheduler_id": "chaos",
                                   "namespace": namespace, "queues": "default", "signing_keys": DEV_SIGNING_KEYS,
-                                  **SETTINGS})
+                                  **(SETTINGS if overrides is None else overrides)})
 
 
 def supervise(stage: Stage, exits: list[str]) -> None:
@@ -287,8 +295,10 @@ def _cleanup(servers: Servers, admin: Any, namespace: str, prefix: str) -> None:
 
 
 def run_phase(servers: Servers, fault_name: str, config: ChaosConfig = ChaosConfig(),
-              log: Callable[[str], None] = print) -> PhaseFigures:
-    """Run ``config.tasks`` tasks while ``fault_name`` plays; its figures (``errors`` if it could not be measured)."""
+              log: Callable[[str], None] = print, *, fault: Fault | None = None,
+              observe: Callable[[Sequence[TaskRun], PodLedger], None] | None = None) -> PhaseFigures:
+    """Run ``config.tasks`` tasks while ``fault_name`` plays (``fault``: this instance of it); its figures
+    (``errors`` if it could not be measured). ``observe`` is shown the phase's tasks and pod ledger at its end."""
     tag = uuid.uuid4().hex[:6]
     namespace, prefix = f"chaos-{fault_name}-{tag}"[:63], f"c{tag}"
     figures = PhaseFigures(fault=fault_name, namespace=namespace, key_prefix=prefix)
@@ -299,7 +309,8 @@ def run_phase(servers: Servers, fault_name: str, config: ChaosConfig = ChaosConf
     admin = api_client(servers.cluster.kubeconfig("admin"), pool_size=8)
     components = Components(phase_dir, log_level="INFO")
     try:
-        _measure(servers, fault_name, config, figures, namespace, prefix, phase_dir, admin, components, log)
+        _measure(servers, fault or make_fault(fault_name), config, figures, namespace, prefix, phase_dir, admin,
+                 components, log, observe)
     except Exception as exc:  # noqa: BLE001 - one broken phase must not hide the others' figures
         figures.errors.append(f"phase aborted: {type(exc).__name__}: {exc}")
     finally:
@@ -314,13 +325,14 @@ def run_phase(servers: Servers, fault_name: str, config: ChaosConfig = ChaosConf
     return figures
 
 
-def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: PhaseFigures, namespace: str,
-             prefix: str, phase_dir: Path, admin: Any, components: Components, log: Callable[[str], None]) -> None:
+def _measure(servers: Servers, fault: Fault, config: ChaosConfig, figures: PhaseFigures, namespace: str,
+             prefix: str, phase_dir: Path, admin: Any, components: Components, log: Callable[[str], None],
+             observe: Callable[[Sequence[TaskRun], PodLedger], None] | None = None) -> None:
     from devkit.ledgerdb import start_ledger_executor  # imports Airflow
     from devkit.scheduler import Driver
 
-    settings = phase_settings(servers, namespace, prefix)
-    fault = make_fault(fault_name)
+    fault_name = figures.fault
+    settings = phase_settings(servers, namespace, prefix, config.settings)
     stage = Stage(servers.local, servers.cluster, servers.redis, admin, namespace, phase_dir, settings,
                   launcher_overrides={"launch_concurrency": str(config.concurrency)})
     ledger = PodLedger(admin, namespace)
@@ -337,7 +349,8 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
         stack.callback(pipe.stop)
         for _ in range(config.launchers):
             stage.new_launcher()
-        stage.new_watcher()
+        for _ in range(config.watchers):
+            stage.new_watcher()
         probe_client = redis.Redis.from_url(servers.redis_url)
         stack.callback(probe_client.close)
         streams = Streams(probe_client, settings)
@@ -380,6 +393,7 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
             if executor.queued_tasks:  # the scheduler loop triggers every heartbeat (Redis may have refused)
                 executor.trigger_tasks(len(executor.queued_tasks))
             driver.step()
+            stepped = time.monotonic()
             stage.start_wanted()
             fresh = driver.events[seen:]
             seen = len(driver.events)
@@ -388,9 +402,10 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
                     continue
                 run = by_key[key]
                 run.finals.append((state, str(info or "")))
+                run.final_at.append(stepped)
                 if len(run.finals) == 1:
                     done += 1
-                    last_final = now
+                    last_final = stepped
             if now >= next_chores:
                 next_chores = now + 1.0
                 components.check([kubelet])
@@ -398,7 +413,9 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
                 health.sample()
                 figures.requeued_stuck_in_queued += _requeue_stuck(executor, runs[:submitted], ledger, config, now)
             if not fault_stopped and submitted == len(runs) and (
-                    len(player.strikes) >= config.min_strikes or now - t0 > config.fault_window_max):
+                    (len(player.strikes) >= config.min_strikes
+                     and (done == len(runs) or not config.fault_until_drained))
+                    or now - t0 > config.fault_window_max):
                 heal()
                 fault_stopped = time.monotonic()
                 log(f"[{fault_name}] fault stopped after {fault_stopped - t0:.0f} s ({len(player.strikes)} strikes), "
@@ -431,6 +448,8 @@ def _measure(servers: Servers, fault_name: str, config: ChaosConfig, figures: Ph
         except redis.RedisError:
             figures.dead_letters = -1
         _tally(figures, runs[:submitted], ledger, streams)
+        if observe is not None:
+            observe(runs[:submitted], ledger)
 
 
 def _task_runs(config: ChaosConfig, fault_name: str) -> list[TaskRun]:
@@ -438,7 +457,7 @@ def _task_runs(config: ChaosConfig, fault_name: str) -> list[TaskRun]:
 
     runs = []
     for i in range(config.tasks):
-        rule, expected = pod_rule(i, config.fail_every)
+        rule, expected = pod_rule(i, config.fail_every, config.pod_seconds, config.pod_jitter)
         work = workload("chaos", f"t{i:05d}", run_id=fault_name, executor_config=sim(rule))
         runs.append(TaskRun(f"t{i:05d}", rule, expected, work, pod_name(work)))
     return runs

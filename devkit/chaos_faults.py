@@ -22,6 +22,10 @@ quota                  a ResourceQuota on pods of the task namespace tightened t
 launcher-stop          a launcher paused (SIGSTOP) past ``reclaim_idle_seconds``, then resumed
 =====================  ==========================================================================
 
+``python -m bench.failover`` builds its own variants: ``LauncherKill(every=2, same_name=True)`` and
+``WatcherKill(every=4, leader=True)`` restart the victim under its own name (a stable identity), the latter
+kills whichever watcher holds the lease and times each takeover; ``NoFault`` is its baseline.
+
 A fault works on a ``Stage`` (the phase's cluster, Redis, namespace and pipeline): ``prepare`` runs before
 the phase's components start (a proxy, a quota, the AOF), ``strike`` once every ``every`` seconds while
 the fault plays (it returns what it did), ``heal`` when the fault window ends (lift what lasts; the
@@ -51,6 +55,7 @@ from devkit.faultproxy import HttpFaultProxy
 from devkit.isolated import proxied_kubeconfig
 from devkit.pipeline import Pipeline
 from devkit.redisserver import RedisServer
+from kubestream.keys import Keys
 from kubestream.kubeapi import MERGE_PATCH, PodApi, request
 from kubestream.settings import Settings
 
@@ -74,7 +79,7 @@ class Stage:
     pipeline: Pipeline | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
-    _wanted: list[str] = field(default_factory=list)
+    _wanted: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
     def pipe(self) -> Pipeline:
@@ -82,28 +87,30 @@ class Stage:
             raise RuntimeError("the phase's components are not started")
         return self.pipeline
 
-    def new_launcher(self) -> Proc:
-        """One more launcher, named like a new pod of a Deployment would be (a new consumer)."""
+    def new_launcher(self, name: str | None = None) -> Proc:
+        """One more launcher, named like a new pod of a Deployment would be (a new consumer) unless ``name``
+        is given (a stable identity: a StatefulSet's pod, a restarted container)."""
         with self.lock:
-            return self.pipe.launcher(consumer_name=f"launcher-{next(self._serial)}", **self.launcher_overrides)
+            return self.pipe.launcher(consumer_name=name or f"launcher-{next(self._serial)}",
+                                      **self.launcher_overrides)
 
-    def new_watcher(self) -> Proc:
+    def new_watcher(self, name: str | None = None) -> Proc:
         with self.lock:
-            return self.pipe.watcher(consumer_name=f"watcher-{next(self._serial)}")
+            return self.pipe.watcher(consumer_name=name or f"watcher-{next(self._serial)}")
 
-    def want(self, kind: str) -> None:
-        """Ask for a replacement ``kind`` (launcher or watcher), started by ``start_wanted``. Faults run in a
-        thread of their own, and a child gets SIGTERM when the *thread* that started it ends
-        (PR_SET_PDEATHSIG): children are started by the phase's main thread only."""
+    def want(self, kind: str, name: str | None = None) -> None:
+        """Ask for a replacement ``kind`` (launcher or watcher; named ``name``, else a new name), started by
+        ``start_wanted``. Faults run in a thread of their own, and a child gets SIGTERM when the *thread* that
+        started it ends (PR_SET_PDEATHSIG): children are started by the phase's main thread only."""
         with self.lock:
-            self._wanted.append(kind)
+            self._wanted.append((kind, name))
 
     def start_wanted(self) -> int:
         """Start the replacements asked for (call from the thread that outlives the phase); how many."""
         with self.lock:
             wanted, self._wanted = self._wanted, []
-            for kind in wanted:
-                self.new_launcher() if kind == "launcher" else self.new_watcher()
+            for kind, name in wanted:
+                self.new_launcher(name) if kind == "launcher" else self.new_watcher(name)
         return len(wanted)
 
     def forget(self, proc: Proc) -> None:
@@ -147,23 +154,52 @@ class Fault:
 # -- processes ----------------------------------------------------------------------------------------
 
 
+class NoFault(Fault):
+    """Nothing breaks: the baseline a fault's figures are compared with. Never strikes."""
+
+    name, summary, every, first = "none", "no fault", 3600.0, 3600.0
+
+    def strike(self, stage: Stage, stop: threading.Event) -> str:
+        return "nothing"
+
+
 class LauncherKill(Fault):
+    """kill -9 of a launcher, in turn. ``same_name``: the replacement keeps the victim's consumer name (a
+    restarted container, a StatefulSet's pod), else it gets a new one (a Deployment's new pod)."""
+
     name, summary, every = "launcher-kill", "kill -9 of a launcher, restarted", 4.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, every: float | None = None, first: float | None = None, same_name: bool = False) -> None:
         self._turn = itertools.count()
+        self.same_name = same_name
+        self.every = self.every if every is None else every
+        self.first = self.first if first is None else first
+        self._names: list[str] = []  # same_name: the launchers, in the order they are killed
+        if same_name:
+            self.summary = "kill -9 of a launcher, restarted under the same name"
+
+    def _victim(self, stage: Stage) -> Proc:
+        launchers = stage.pipe.launchers
+        if not self.same_name:
+            return launchers[next(self._turn) % len(launchers)]
+        by_name = {stage.name_of(proc): proc for proc in launchers}
+        self._names = self._names or sorted(by_name)
+        for _ in self._names:  # round robin by name; one not restarted yet is skipped
+            proc = by_name.get(self._names[next(self._turn) % len(self._names)])
+            if proc is not None:
+                return proc
+        raise RuntimeError("no launcher to kill")
 
     def strike(self, stage: Stage, stop: threading.Event) -> str:
         with stage.lock:
-            launchers = stage.pipe.launchers
-            victim = launchers[next(self._turn) % len(launchers)]
+            victim = self._victim(stage)
             name = stage.name_of(victim)
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
             stage.forget(victim)
             stage.reap(victim)
-            stage.want("launcher")
-        return f"kill -9 {name}, replaced"
+            stage.want("launcher", name if self.same_name else None)
+        return f"kill -9 {name}, " + ("restarted" if self.same_name else "replaced")
 
 
 class LauncherTerm(Fault):
@@ -193,18 +229,102 @@ class LauncherTerm(Fault):
 
 
 class WatcherKill(Fault):
+    """kill -9 of the watcher (the first one), replaced under a new name. ``leader``: the lease holder is
+    killed instead (the strike first waits, at most ``leader_wait`` seconds, for a lease taken since the last
+    kill) and restarted under the same name; every acquisition of the lease is timed (``takeovers()``)."""
+
     name, summary, every = "watcher-kill", "kill -9 of the watcher, restarted", 8.0
 
+    def __init__(self, *, every: float | None = None, first: float | None = None, leader: bool = False,
+                 leader_wait: float = 30.0) -> None:
+        self.every = self.every if every is None else every
+        self.first = self.first if first is None else first
+        self.leader, self.leader_wait = leader, leader_wait
+        if leader:
+            self.summary = "kill -9 of the leading watcher, restarted under the same name"
+        self.kills: list[tuple[float, int]] = []  # (time.monotonic(), lease epoch) of each kill
+        self.acquisitions: list[tuple[float, int]] = []  # (time.monotonic() first seen, epoch)
+        self._client: redis.Redis | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the lease, as Redis has it
+    def _keys(self, stage: Stage) -> tuple[str, str]:
+        keys = Keys(stage.settings.key_prefix)
+        return keys.watcher_lease, keys.watcher_fence
+
+    def _epoch(self, stage: Stage) -> int:
+        assert self._client is not None
+        return int(self._client.hget(self._keys(stage)[1], "epoch") or 0)
+
+    def _monitor(self, stage: Stage) -> None:
+        """Note when each new lease epoch first shows (every 20 ms)."""
+        last = -1
+        while not self._stopping.wait(0.02):
+            try:
+                epoch = self._epoch(stage)
+            except redis.RedisError:
+                continue
+            if epoch != last:
+                self.acquisitions.append((time.monotonic(), epoch))
+                last = epoch
+
+    def prepare(self, stage: Stage) -> None:
+        if self.leader:
+            self._client = redis.Redis.from_url(stage.settings.redis_url, socket_timeout=5)
+            self._thread = threading.Thread(target=self._monitor, args=(stage,), name="lease-monitor", daemon=True)
+            self._thread.start()
+
+    def close(self, stage: Stage) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._client is not None:
+            self._client.close()
+
+    def takeovers(self) -> list[float | None]:
+        """Per kill: seconds until the lease was next acquired (None: not before the phase ended)."""
+        out: list[float | None] = []
+        for at, epoch in self.kills:
+            later = [t for t, e in self.acquisitions if e > epoch and t >= at]
+            out.append(round(min(later) - at, 3) if later else None)
+        return out
+
+    def _leader(self, stage: Stage, stop: threading.Event) -> tuple[Proc, int] | None:
+        """The watcher holding a lease taken since the last kill, and its epoch; None if none by the wait."""
+        lease_key = self._keys(stage)[0]
+        since = self.kills[-1][1] if self.kills else 0
+        deadline = time.monotonic() + self.leader_wait
+        assert self._client is not None
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                raw = self._client.get(lease_key)
+                epoch = self._epoch(stage)
+            except redis.RedisError:
+                raw, epoch = None, 0
+            holder = raw.decode() if isinstance(raw, bytes) else raw
+            if holder and epoch > since:
+                with stage.lock:
+                    for proc in stage.pipe.watchers:
+                        if stage.name_of(proc) == holder and proc.poll() is None:
+                            return proc, epoch
+            stop.wait(0.02)
+        return None
+
     def strike(self, stage: Stage, stop: threading.Event) -> str:
+        found = self._leader(stage, stop) if self.leader else None
+        if self.leader and found is None:
+            return f"no leader (a lease taken since the last kill) within {self.leader_wait:.0f} s"
         with stage.lock:
-            victim = stage.pipe.watchers[0]
+            victim, epoch = found or (stage.pipe.watchers[0], 0)
             name = stage.name_of(victim)
             os.kill(victim.pid, signal.SIGKILL)
+            self.kills.append((time.monotonic(), epoch))
             victim.wait()
             stage.forget(victim)
             stage.reap(victim)
-            stage.want("watcher")
-        return f"kill -9 {name}, replaced"
+            stage.want("watcher", name if self.leader else None)
+        return f"kill -9 {name}" + (f" (leading, lease epoch {epoch}), restarted" if self.leader else ", replaced")
 
 
 class LauncherStop(Fault):
