@@ -55,10 +55,13 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+scan",  # `kubestream launcher --check` finds its health key
                 _selector(_keys(k.launch("*")), ("+xreadgroup", "+xack", "+xdel", "+xpending", "+xclaim",
                                                  "+xautoclaim", "+xgroup|create", "+xgroup|createconsumer",
-                                                 "+xinfo|groups")),  # the stream lag and pending metrics
-                # the failed-launch script names a launch stream among its keys; its inner commands are
-                # still checked one by one (no XADD to a launch stream from a script either)
-                _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), k.live), _SCRIPTS),
+                                                 "+xinfo|groups",  # the stream lag and pending metrics
+                                                 "+xinfo|consumers", "+xgroup|delconsumer")),  # dead launchers
+                # the failed-launch and claim scripts name a launch stream among their keys; their inner
+                # commands are still checked one by one (no XADD to a launch stream from a script either)
+                _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), k.live,
+                                k.alive("launcher", "*")), _SCRIPTS),
+                _selector(_keys(k.alive("launcher", "*")), ("+set", "+exists", "+del")),  # liveness
                 _selector(_keys(k.health("launcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]
     if component == "watcher":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+multi", "+exec", "+discard",

@@ -7,6 +7,10 @@
   progress (``progress()``): a loop stuck on an error leaves the key to expire,
   so ``kubestream <component> --check`` (a ready-made liveness probe) and
   ``/healthz`` turn red. ``kubestream status`` lists the keys.
+- ``Liveness``: ``{prefix}:alive:<component>:<member>``, a string with a short TTL
+  refreshed every third of it by a thread of its own, whatever the main loop
+  does: it says the process exists (a slow or stuck process keeps it; a
+  killed one loses it within the TTL), so others may take over its work at once.
 - ``serve_http``: ``/healthz`` (200 while the heartbeat is fresh) and ``/metrics``.
 """
 
@@ -151,6 +155,38 @@ class Heartbeat:
                 self.beat()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"health_key": self.key})
+
+
+class Liveness:
+    """Keeps ``key`` alive (SET PX ``ttl``) from a daemon thread until ``stop()``, which deletes it so
+    that others take over at once. The first write happens in ``start()``: when it returns, the key
+    exists (or Redis is unreachable, and ``start`` raises)."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl: float) -> None:
+        self.client, self.key, self.ms = client, key, int(ttl * 1000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+
+    def start(self) -> Liveness:
+        self.client.set(self.key, f"{time.time():.3f}", px=self.ms)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ms / 3000):
+            try:
+                self.client.set(self.key, f"{time.time():.3f}", px=self.ms)
+            except redis.RedisError as exc:
+                log.warning("liveness refresh failed: %s", exc, extra={"alive_key": self.key})
 
 
 def check(client: redis.Redis, pattern: str, max_age: float) -> list[str]:

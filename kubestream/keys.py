@@ -94,6 +94,11 @@ class Keys:
         """Liveness of one scheduler (string with TTL: a per-process token, refreshed by its sync())."""
         return f"{self.base}:scheduler:{scheduler_id}"
 
+    def alive(self, component: str, member: str) -> str:
+        """Liveness of one process (string with a short TTL, refreshed by a thread of its own): once it has
+        expired the process is dead and its pending launch messages are claimed by the others."""
+        return f"{self.base}:alive:{component}:{member}"
+
     def health(self, component: str, member: str) -> str:
         """Health record of one process (hash with TTL)."""
         return f"{self.base}:health:{component}:{member}"

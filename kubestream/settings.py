@@ -222,7 +222,11 @@ class Settings:
         "Launcher: deliveries of one launch message before it is dead-lettered and its task failed.", _int(1)))
     reclaim_idle_seconds: float = field(default=60.0, metadata=_doc(
         "Launcher: a launch message pending this long on another launcher is reclaimed. Must exceed "
-        "`retry_budget_seconds`.", _float(1)))
+        "`retry_budget_seconds`. The fallback for a launcher that is alive but stuck: a dead one's messages "
+        "are claimed once its liveness key expires (`liveness_seconds`).", _float(1)))
+    liveness_seconds: float = field(default=3.0, metadata=_doc(
+        "Launcher: lifetime of its liveness key, refreshed every third of it by a thread of its own. Once "
+        "it has expired (the process died) the other launchers claim its pending messages at once.", _float(1)))
     retry_budget_seconds: float = field(default=30.0, metadata=_doc(
         "Launcher: time spent retrying transient API errors for one delivery before leaving it for redelivery.",
         _float(0)))
@@ -239,8 +243,10 @@ class Settings:
         "(ErrImagePull with 'pull QPS exceeded' is never fatal).", _csv))
     watch_timeout_seconds: int = field(default=300, metadata=_doc(
         "Watcher: server-side timeout of one watch request before it is renewed.", _int(1)))
-    lease_seconds: float = field(default=15.0, metadata=_doc(
-        "Watcher: leadership lease; a standby takes over this long after the leader stops renewing.", _float(1)))
+    lease_seconds: float = field(default=3.0, metadata=_doc(
+        "Watcher: leadership lease, renewed every third of it; a standby (trying every sixth) takes over "
+        "at most this long after the leader died. A restarted watcher of the same name takes it at once.",
+        _float(1)))
     health_ttl_seconds: float = field(default=30.0, metadata=_doc(
         "Lifetime of a component's health key (refreshed every third of it).", _float(1)))
     block_ms: int = field(default=1000, metadata=_doc(

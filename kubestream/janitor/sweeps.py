@@ -9,8 +9,9 @@
   such a stream behind.)
 - Stale consumers: a consumer of a launch or result group with nothing pending,
   idle for ``stale_after_seconds`` (a launcher or scheduler that is gone), is
-  removed from its group. A dead launcher's pending entries are reclaimed by the
-  others first; its consumer goes once they are.
+  removed from its group. A dead launcher's pending entries are claimed by the
+  others, which remove its consumer themselves once nothing is left; this sweep
+  catches the rest (result groups, launch groups nobody serves now).
 
 - Trimming: a launch or result stream keeps the entries its consumer group has
   already acknowledged until ``launch_maxlen``/``results_maxlen`` cuts them; the

@@ -2,8 +2,13 @@
 
 - ``own_pending``: entries delivered to this consumer name before (a restart
   with the same name) are handled first, a batch at a time;
-- ``reclaim``: entries idle longer than ``min_idle`` (a crashed launcher's, or
-  this one's left for redelivery) are claimed with XCLAIM, with their delivery counts;
+- ``claim_dead``: every entry of a consumer whose liveness key has expired (a
+  launcher that died) is claimed at once, atomically with that check
+  (``lua/claim_dead.lua``), and the consumer leaves the group once it has
+  nothing pending;
+- ``reclaim``: entries idle longer than ``min_idle`` (a launcher alive but stuck,
+  one of an older version without a liveness key, or this one's own left for
+  redelivery) are claimed with XCLAIM, with their delivery counts;
 - ``read_new``: new entries, blocking at most ``block_ms``;
 - ``ack``: XACK + XDEL for a batch of entries in one MULTI, only once their outcomes are settled.
 
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from kubestream.keys import LAUNCH_GROUP
+from kubestream.luascripts import Script
 from kubestream.messages import FIELD
 from kubestream.text import as_text, stream_entries
 
@@ -42,8 +48,14 @@ class Entry:
 
 
 class StreamConsumer:
-    def __init__(self, client: redis.Redis, streams: Sequence[str], name: str, *, min_idle_ms: int) -> None:
+    """``alive_key``: the liveness key of a consumer name; ``liveness_ms`` its lifetime. Without them
+    ``claim_dead`` claims nothing (every consumer counts as alive)."""
+
+    def __init__(self, client: redis.Redis, streams: Sequence[str], name: str, *, min_idle_ms: int,
+                 alive_key: Callable[[str], str] | None = None, liveness_ms: int = 0) -> None:
         self.redis, self.streams, self.name, self.min_idle_ms = client, list(streams), name, min_idle_ms
+        self.alive_key, self.liveness_ms = alive_key, liveness_ms
+        self._claim_dead = Script(client, "claim_dead.lua")
         self.resets = 0
         self._own_after = {s: "0" for s in self.streams}  # own_pending: the last entry id returned, per stream
 
@@ -129,6 +141,48 @@ class StreamConsumer:
             log.info("reclaimed %d idle launch entries", len(claimed))
         return claimed
 
+    def claim_dead(self, count: int = 1000) -> list[Entry]:
+        """Claim the pending entries of consumers that are dead: their liveness key has expired (checked
+        in the claim script, atomically with the claim). Consumers that received entries within the
+        liveness time are not even asked about (a dead one has not). At most ``count`` entries; dead
+        consumers with nothing pending leave the group."""
+        if self.alive_key is None:
+            return []
+        claimed: list[Entry] = []
+        for stream in self.streams:
+            try:
+                consumers = self.redis.xinfo_consumers(stream, LAUNCH_GROUP)
+            except redis.ResponseError as exc:
+                self._group_lost(exc)
+                return claimed
+            for info in consumers:
+                dead = as_text(info["name"])
+                if dead == self.name or int(info["idle"]) < self.liveness_ms:
+                    continue
+                if len(claimed) >= count and int(info["pending"]):
+                    continue  # no room in hand: the next round takes them
+                deliveries, rows, removed = self._claim_dead(
+                    stream=stream, alive=self.alive_key(dead), group=LAUNCH_GROUP, dead=dead, me=self.name,
+                    count=max(count - len(claimed), 1))
+                counts = {as_text(deliveries[i]): int(deliveries[i + 1]) for i in range(0, len(deliveries), 2)}
+                taken = []
+                for row in rows:
+                    if not row:  # deleted while pending (Redis < 7 returns nil): settled by whoever deleted it
+                        continue
+                    eid, flat = row
+                    fields = _fields(flat)
+                    taken.append(Entry(stream, as_text(eid), fields.get(FIELD, b""), counts.get(as_text(eid), 0) + 1,
+                                       fields=fields))
+                if taken:
+                    log.warning("claimed %d launch entries of dead launcher %s", len(taken), dead,
+                                extra={"stream": stream, "consumer": dead,
+                                       "entries": ",".join(e.entry_id for e in taken[:20])})
+                if removed:
+                    log.info("dead launcher %s left the consumer group", dead,
+                             extra={"stream": stream, "consumer": dead})
+                claimed += taken
+        return claimed
+
     def _with_counts(self, stream: str, rows: list[tuple[str, str, Any]]) -> list[Entry]:
         """Entries of this consumer's pending ``rows`` (of one stream) with their delivery counts (one XPENDING)."""
         info = self.redis.xpending_range(stream, LAUNCH_GROUP, min=rows[0][1], max=rows[-1][1], count=len(rows),
@@ -154,3 +208,8 @@ class StreamConsumer:
 
     def nothing_pending(self) -> bool:
         return all(self.redis.xpending(s, LAUNCH_GROUP)["pending"] == 0 for s in self.streams)
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields as a Lua script returns them (k1, v1, k2, v2...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -10,10 +10,13 @@ consumer. Reliability rules (docs/architecture.md has the full story):
   error or bad input (failed result published in the same Lua call); an acker
   thread acknowledges settled entries in batches (a crash before that means a
   redelivery, which meets 409);
-- on start the consumer first re-handles its own pending entries, and it
-  periodically reclaims (XCLAIM) entries idle longer than
-  ``reclaim_idle_seconds``: those of consumers that died and its own that it
-  left for redelivery (never one it has in hand);
+- a thread keeps the launcher's liveness key (``{p}:alive:launcher:<name>``,
+  ``liveness_seconds``) alive; a launcher that dies loses it, and the others
+  claim all its pending entries at once (``claim_dead``, checked every third of
+  ``liveness_seconds``). On start the consumer first re-handles its own pending
+  entries (a restart with the same name), and it periodically reclaims (XCLAIM)
+  entries idle longer than ``reclaim_idle_seconds``: those of launchers alive
+  but stuck and its own that it left for redelivery (never one it has in hand);
 - a launch delivered more than ``max_deliveries`` times is settled by its pod:
   a pod of its dispatch exists = launched (acknowledged); none = dead-lettered
   with a failed result; the lookup failed = left pending;
@@ -49,7 +52,7 @@ import redis
 
 from kubestream.apierrors import Outcome, classify_exception
 from kubestream.backoff import backoff_delay
-from kubestream.health import Heartbeat
+from kubestream.health import Heartbeat, Liveness
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.kubeapi import REQUEST_TIMEOUT, ApiError, Pod, PodApi, Timeout
 from kubestream.messages import DecodeError, LaunchTask, Message, RevokeTask, decode, message_digest
@@ -120,7 +123,10 @@ class Launcher:
         self.store = TaskStore(redis_client, self.keys, settings, self.signer)
         self.name = name or settings.member_name()
         self.consumer = StreamConsumer(redis_client, [self.keys.launch(q) for q in settings.queues], self.name,
-                                       min_idle_ms=int(settings.reclaim_idle_seconds * 1000))
+                                       min_idle_ms=int(settings.reclaim_idle_seconds * 1000),
+                                       alive_key=lambda name: self.keys.alive("launcher", name),
+                                       liveness_ms=int(settings.liveness_seconds * 1000))
+        self.liveness = Liveness(redis_client, self.keys.alive("launcher", self.name), settings.liveness_seconds)
         self.metrics = LauncherMetrics()
         self._resets_seen = 0
         self._stream_stats_at = 0.0
@@ -144,19 +150,24 @@ class Launcher:
     # -- loop --------------------------------------------------------------------------------
     def run(self, *, until_idle: bool = False, max_seconds: float | None = None) -> None:
         """Serve until ``stop()``; ``until_idle`` returns once nothing is pending or new (tests, burst)."""
+        self.liveness.start()  # before reading: from now on nobody claims this name's entries
         self.consumer.ensure_groups()
         self.heartbeat.start()
         self._acker.start()
         started = time.monotonic()
-        last_reclaim = 0.0
+        last_reclaim = last_claim = 0.0
         outage = 0
         try:
             while not self.stopping.is_set():
                 try:
-                    if (not self._own_pending_left  # own pending entries first (a reclaim would claim them too)
-                            and time.monotonic() - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2)):
-                        self._submit(self._reclaim())
-                        last_reclaim = time.monotonic()
+                    now = time.monotonic()
+                    if not self._own_pending_left:  # own pending entries first (a reclaim would claim them too)
+                        if now - last_claim > self.settings.liveness_seconds / 3:
+                            self._submit(self._claim_dead())
+                            last_claim = now
+                        if now - last_reclaim > min(5.0, self.settings.reclaim_idle_seconds / 2):
+                            self._submit(self._reclaim())
+                            last_reclaim = now
                     got = self._submit(self._read_new())
                     if until_idle and not got and self._idle():
                         break
@@ -174,6 +185,7 @@ class Launcher:
         finally:
             self._drain()
             self.heartbeat.stop()
+            self.liveness.stop()  # what is still pending here is claimed by the others at once
 
     def stop(self) -> None:
         self.stopping.set()
@@ -256,13 +268,22 @@ class Launcher:
         with self._lock:
             return {*self._inflight.values(), *(f"{e.stream}/{e.entry_id}" for e in (*self._settled, *self._acking))}
 
-    def _reclaim(self) -> list[Entry]:
+    def _room(self) -> int:
+        """How many more entries this process can take in hand now."""
         with self._lock:
-            free = 2 * self.settings.launch_concurrency - len(self._inflight)
+            return 2 * self.settings.launch_concurrency - len(self._inflight)
+
+    def _claim_dead(self) -> list[Entry]:
+        claimed = self.consumer.claim_dead(count=max(self._room(), 0))
+        self.metrics.reclaimed.labels("dead").inc(len(claimed))
+        return claimed
+
+    def _reclaim(self) -> list[Entry]:
+        free = self._room()
         if free <= 0:
             return []
         claimed = self.consumer.reclaim(self._in_hand(), count=free)
-        self.metrics.reclaimed.inc(len(claimed))
+        self.metrics.reclaimed.labels("idle").inc(len(claimed))
         return claimed
 
     def _submit(self, entries: list[Entry]) -> int:

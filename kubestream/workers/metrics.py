@@ -34,7 +34,9 @@ class LauncherMetrics(Metrics):
             ("outcome",), snapshot="{outcome}_total")
         self.replaced_finished = self.counter(
             "replaced_finished_total", "Finished pods of an earlier dispatch deleted to free their name")
-        self.reclaimed = self.counter("reclaimed_total", "Entries claimed from consumers that stopped")
+        self.reclaimed = self.counter(
+            "reclaimed_total", "Entries claimed from other consumers: dead (liveness key expired) or idle "
+            "(pending past reclaim_idle_seconds)", ("how",))
         self.errors = self.counter("errors_total", "Unexpected errors handling an entry (left pending)")
         self.redis_errors = self.counter("redis_errors_total", "Main-loop rounds that failed on a Redis error")
         self.redis_resets = self.counter(
