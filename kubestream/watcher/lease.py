@@ -8,7 +8,9 @@ Each ``Lease`` has its own token (unique per process: two processes given the sa
 never share the lease), so only the token that acquired the lease renews it. The holder's writes
 carry its ``Fence`` (token, epoch); the Lua scripts refuse them once the lease has expired or has
 been taken by another process, or by this one again under a new epoch. A restarted process (new
-token) takes the lease once the old one's has expired or been released.
+token) of the same name takes its predecessor's lease at once, on its first call only (so two
+processes wrongly given one name do not take it from each other back and forth); any other process
+takes it once it has expired or been released.
 
 The scripts are ``kubestream/lua/lease_renew.lua`` and ``lease_release.lua``.
 """
@@ -31,6 +33,7 @@ class Lease:
         self.fence_key = fence_key or f"{key}:fence"
         self.token = f"{holder}:{uuid.uuid4().hex}"
         self.epoch = 0  # the last epoch this process acquired (kept once lost: a new one is always larger)
+        self._first = True  # until a call went through: a lease held under this name is an earlier process's
         self._renew = Script(client, "lease_renew.lua")
         self._release = Script(client, "lease_release.lua")
         self.client = client
@@ -39,7 +42,8 @@ class Lease:
         """The epoch this process holds the lease under (a new one when it was just acquired), 0 when another
         process holds it."""
         epoch = int(self._renew(lease=self.key, fence=self.fence_key, holder=self.holder, token=self.token,
-                                epoch=str(self.epoch), ms=self.ms))
+                                epoch=str(self.epoch), ms=self.ms, resume="1" if self._first else "0"))
+        self._first = False
         if epoch:
             self.epoch = epoch
         return epoch

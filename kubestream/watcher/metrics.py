@@ -20,7 +20,8 @@ class WatcherMetrics(Metrics):
             "watch_errors_total", "Watch rounds that failed (API or Redis unreachable, 429, 5xx, ERROR events)")
         self.watch_expired = self.counter(
             "watch_expired_total", "Watches whose resourceVersion had expired (410 Gone): a relist follows")
-        self.relists = self.counter("relists_total", "Full lists of a namespace's task pods")
+        self.relists = self.counter("relists_total", "Relists of a namespace's task pods, by source", ("source",),
+                                    snapshot="relists_{source}_total")
         self.lease_holder = self.gauge("lease_holder", "1 while this process holds the watcher lease, else 0")
         self.deposed = self.counter(
             "deposed_total", "Writes Redis refused because another process holds the lease now")

@@ -7,7 +7,8 @@ live set, checkpoint), and Redis refuses those writes once the lease is no
 longer held under it; the first refusal ends the term at once (``Deposed``).
 Per namespace the active watcher runs ``NamespaceWatch``:
 
-1. Resume from the resourceVersion checkpointed in Redis, or relist.
+1. Resume from the resourceVersion checkpointed in Redis, or relist (at a
+   takeover, from the standby's warm list when it has caught up: ``warmlist.py``).
 2. Relist = list every task pod, publish each one's current state (the Lua
    publish drops what was already published), then fail tasks that were
    live (pending/running) but whose pod (of that dispatch) is gone, and
@@ -63,11 +64,13 @@ from kubestream.text import as_text
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
 from kubestream.watcher.metrics import WatcherMetrics
+from kubestream.watcher.warmlist import WarmList
 
 log = logging.getLogger("kubestream.watcher")
 SELECTOR = f"{MANAGED_LABEL}=true"
 CHECKPOINT_EVERY = 0.5  # seconds between resourceVersion writes while events flow
 GIVE_UP_AFTER = 5  # consecutive errors that do not go away on their own before a namespace's watch gives up
+WARM_CATCH_UP_SECONDS = 2.0  # how long a takeover's relist waits for the warm list to catch up before listing
 
 
 class Deposed(Exception):
@@ -149,6 +152,7 @@ class Watcher:
         self._checkpoint = Script(redis_client, "checkpoint.lua")
         self._deleter = ThreadPoolExecutor(8, thread_name_prefix="delete")
         self._watches: list[NamespaceWatch] = []
+        self._warm: dict[str, WarmList] = {}  # while standing by: each namespace's pods, kept in memory
         self.heartbeat = Heartbeat(redis_client, self.keys.health("watcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"leader": "1" if self.leading else "0"})
 
@@ -173,11 +177,14 @@ class Watcher:
         try:
             while not self.stopping.is_set():
                 term = self.try_lead()
-                if term is None:
-                    self.stopping.wait(self.settings.lease_seconds / 3)
+                if term is None:  # standing by: try often, a dead leader's lease is taken soon after it expires
+                    self._keep_warm()
+                    self.stopping.wait(self.settings.lease_seconds / 6)
                     continue
                 self._lead(term)
         finally:
+            for warm in self._warm.values():
+                warm.stop()
             self.close()
             self._give_up_lease()
             self.heartbeat.stop()
@@ -208,10 +215,20 @@ class Watcher:
         self.metrics.lease_holder.set(1 if current is not None else 0)
         return current
 
+    def _keep_warm(self) -> None:
+        """While standing by: keep a warm list of each namespace's task pods (started once per standby spell)."""
+        for ns in self.settings.namespaces_to_watch():
+            if ns not in self._warm:
+                self._warm[ns] = WarmList(self.pods, ns, SELECTOR,
+                                          watch_timeout_seconds=self.settings.watch_timeout_seconds).start()
+
     def _lead(self, term: Term) -> None:
         namespaces = self.settings.namespaces_to_watch()
         log.info("leading (lease epoch %d): watching %s", term.fence.epoch, ",".join(namespaces))
-        self._watches = [NamespaceWatch(self, ns, term) for ns in namespaces]
+        warm, self._warm = self._warm, {}  # each namespace's watch uses and stops its own
+        self._watches = [NamespaceWatch(self, ns, term, warm.pop(ns, None)) for ns in namespaces]
+        for stale in warm.values():
+            stale.stop()
         threads = [threading.Thread(target=w.run, name=f"watch-{w.ns}", daemon=True) for w in self._watches]
         for t in threads:
             t.start()
@@ -388,8 +405,9 @@ def _record_key(rec: dict[str, str]) -> TaskKey | None:
 
 
 class NamespaceWatch:
-    def __init__(self, watcher: Watcher, namespace: str, term: Term) -> None:
+    def __init__(self, watcher: Watcher, namespace: str, term: Term, warm: WarmList | None = None) -> None:
         self.w, self.ns, self.term = watcher, namespace, term
+        self._warm = warm  # the standby's warm list, until the first relist or the first event
         self.rv_key = watcher.keys.resource_version(namespace)
         self._last_checkpoint = 0.0
         self._watch: PodWatch | None = None
@@ -418,6 +436,13 @@ class NamespaceWatch:
             pass  # the term has ended: Watcher._lead stands by
         except BaseException as exc:  # noqa: BLE001 - whatever ends this thread must stop the watcher
             self.w.fail(self.ns, exc)
+        finally:
+            self._drop_warm()
+
+    def _drop_warm(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.stop()
 
     def _run(self) -> None:
         rv: str | None = None  # None: the checkpoint is not read yet
@@ -458,21 +483,44 @@ class NamespaceWatch:
 
     def relist(self) -> str:
         seen: set[tuple[str, str]] = set()
-        cont = ""
-        while True:
-            page = self.w.pods.list(self.ns, label_selector=SELECTOR, limit=500, continue_token=cont)
-            for pod in page.items:
-                pod_id = self.w.handle(pod, "ADDED", self.term)
-                if pod_id is not None:
-                    seen.add((pod_id.name, pod_id.dispatch))
-            cont = page.continue_token
-            if not cont:
-                break
+        warm = self._from_warm()
+        if warm is not None:
+            pods, rv = warm
+            for pod in pods:
+                self._relisted(pod, seen)
+        else:
+            cont = ""
+            while True:
+                page = self.w.pods.list(self.ns, label_selector=SELECTOR, limit=500, continue_token=cont)
+                for pod in page.items:
+                    self._relisted(pod, seen)
+                cont = page.continue_token
+                if not cont:
+                    break
+            rv = page.resource_version
         self.w.publish_vanished(self.ns, seen, self.term)
-        rv = page.resource_version
         self.checkpoint(rv, force=True)
-        self.w.metrics.relists.inc()
+        self.w.metrics.relists.labels("warm" if warm is not None else "api").inc()
         return rv
+
+    def _relisted(self, pod: dict[str, Any], seen: set[tuple[str, str]]) -> None:
+        pod_id = self.w.handle(pod, "ADDED", self.term)
+        if pod_id is not None:
+            seen.add((pod_id.name, pod_id.dispatch))
+
+    def _from_warm(self) -> tuple[list[dict[str, Any]], str] | None:
+        """The warm list's pods and resourceVersion once it has caught up with the apiserver's current
+        resourceVersion (one ``limit=1`` list); None (list from the apiserver) without one, or if it lags."""
+        warm = self._warm
+        if warm is None:
+            return None
+        self._drop_warm()
+        current = self.w.pods.list(self.ns, label_selector=SELECTOR, limit=1).resource_version
+        got = warm.caught_up(current, WARM_CATCH_UP_SECONDS)
+        if got is None:
+            log.info("warm list behind resourceVersion %s: relisting from the apiserver", current,
+                     extra={"namespace": self.ns})
+        return got
 
     def watch(self, rv: str) -> str:
         """Publish the events after ``rv`` until the watch ends; returns the last resourceVersion seen.
@@ -486,6 +534,7 @@ class NamespaceWatch:
             for event in watch:
                 if self._stopped():
                     break
+                self._drop_warm()  # the watch resumed: the warm list is of no more use this term
                 etype, obj = event.get("type", ""), event.get("object") or {}
                 if etype != "BOOKMARK":
                     self.w.handle(obj, etype, self.term)

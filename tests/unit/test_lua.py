@@ -282,14 +282,18 @@ def _lease(client: redis.Redis, keys: Keys, name: str, seconds: float = 5) -> Le
 def test_the_lease_is_held_by_one_process_even_under_one_name_and_its_epoch_grows(
         redis_client: redis.Redis, keys: Keys) -> None:
     first, second = _lease(redis_client, keys, "watcher"), _lease(redis_client, keys, "watcher")
+    standby = _lease(redis_client, keys, "standby")
     assert first.acquire_or_renew() == 1
-    assert second.acquire_or_renew() == 0  # same name, another process: a standby
+    assert standby.acquire_or_renew() == 0  # another name waits for the lease to expire, even on its first call
     assert first.acquire_or_renew() == 1  # renewed under the same epoch
-    assert not second.release() and first.holder_now() == "watcher"
-    assert first.release()
-    assert second.acquire_or_renew() == 2  # every acquisition gets a new epoch
+    assert second.acquire_or_renew() == 2  # the same name, a new process (a restart): taken over at once
+    assert first.acquire_or_renew() == 0  # the predecessor (paused, not dead) is fenced out...
+    assert first.acquire_or_renew() == 0 and second.acquire_or_renew() == 2  # ...and never takes it back
+    assert not first.release() and second.holder_now() == "watcher"
+    assert second.release()
+    assert first.acquire_or_renew() == 3  # every acquisition gets a new epoch
     redis_client.delete(keys.watcher_lease)  # it expired (a long pause of its holder)
-    assert first.acquire_or_renew() == 3 and second.acquire_or_renew() == 0
+    assert standby.acquire_or_renew() == 4 and first.acquire_or_renew() == 0
 
 
 def test_fenced_writes_are_refused_once_the_lease_is_another_ones(store: TaskStore, keys: Keys) -> None:
@@ -303,7 +307,7 @@ def test_fenced_writes_are_refused_once_the_lease_is_another_ones(store: TaskSto
     # the leader pauses past its lease; another process takes it through the lease script
     store.redis.delete(keys.watcher_lease)
     Script(store.redis, "lease_renew.lua")(lease=keys.watcher_lease, fence=keys.watcher_fence, holder="other",
-                                           token="other-token", epoch="0", ms=5000)
+                                           token="other-token", epoch="0", ms=5000, resume="0")
     refused = store.publish(_event(TaskState.SUCCEEDED), dispatch="d1", fence=fence)
     assert (refused.published, refused.detail) == (False, NOT_LEASE_HOLDER)
     assert checkpoint(checkpoint=keys.resource_version("ns"), base=keys.base, token=fence.token,

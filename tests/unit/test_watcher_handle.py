@@ -384,31 +384,72 @@ def test_two_watchers_of_one_name_never_both_lead(settings, pods, redis_client, 
     first = Watcher(settings, redis_client, None, name="same", pods=pods)
     second = Watcher(settings, redis_client, None, name="same", pods=pods)
     assert first.try_lead() is not None
-    assert second.try_lead() is None and not second.leading
     assert first.try_lead() is not None and first.leading  # renewed
+    assert second.try_lead() is not None  # taken for a restart of the same watcher: it takes over at once
+    assert first.try_lead() is None and not first.leading  # the first one is fenced out
     dispatch(redis_client, settings)
     launched(pods)
-    with pytest.raises(Deposed):  # a standby writes nothing
-        second.handle(pods.pod(NS, POD), "ADDED")
+    with pytest.raises(Deposed):  # and writes nothing
+        first.handle(pods.pod(NS, POD), "ADDED")
     assert results(redis_client, keys) == []
+    for _ in range(3):  # and they do not take the lease from each other back and forth
+        assert first.try_lead() is None and second.try_lead() is not None
 
 
-def test_a_restarted_watcher_of_the_same_name_leads_once_the_old_lease_expired(settings, pods, redis_client,
-                                                                               keys) -> None:
+def test_a_restarted_watcher_of_the_same_name_leads_at_once(settings, pods, redis_client, keys) -> None:
     old = Watcher(settings, redis_client, None, name="same", pods=pods)
-    assert old.try_lead() is not None  # then it is killed: its lease is left to expire
+    assert old.try_lead() is not None  # then it is killed: its lease would take lease_seconds to expire
+    other = Watcher(settings, redis_client, None, name="other", pods=pods)
+    assert other.try_lead() is None  # another name waits for it
     restarted = Watcher(settings, redis_client, None, name="same", pods=pods)
-    assert restarted.try_lead() is None
-    redis_client.pexpire(keys.watcher_lease, 50)
-    wait_for(restarted.try_lead, timeout=10, what="the restarted watcher to lead")
+    term = restarted.try_lead()
+    assert term is not None and term.fence.epoch == 2
     assert old.try_lead() is None and not old.leading
+
+
+def test_a_standby_relists_from_its_warm_list_when_it_takes_over_without_a_checkpoint(
+        settings, pods, redis_client, keys) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    leader = Watcher(settings, redis_client, None, name="leader", pods=pods)
+    assert leader.try_lead() is not None  # a leader that dies before its first checkpoint
+    standby = Watcher(settings, redis_client, None, name="standby", pods=pods)
+    with Running(standby):
+        wait_for(lambda: pods.calls_of("watch"), timeout=30, what="the standby's warm list watching")
+        pods.set_phase(NS, POD, "Running")  # seen by the warm list's watch only
+        lists = len(pods.calls_of("list"))
+        redis_client.delete(keys.watcher_lease)  # the leader's lease expired
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")], timeout=30,
+                 what="the takeover's relist")
+        snapshot = standby.metrics.snapshot()
+        assert snapshot["relists_warm_total"] == 1 and "relists_api_total" not in snapshot
+        assert len(pods.calls_of("list")) == lists + 1  # the one limit=1 list reading the current resourceVersion
+
+
+def test_a_warm_list_that_lags_is_not_trusted_for_the_takeover(settings, pods, redis_client, keys) -> None:
+    dispatch(redis_client, settings)
+    launched(pods)
+    leader = Watcher(settings, redis_client, None, name="leader", pods=pods)
+    assert leader.try_lead() is not None
+    standby = Watcher(settings, redis_client, None, name="standby", pods=pods)
+    pods.fail_next("watch", *[api_error(503)] * 1000)  # the warm list lists once, then cannot follow
+    with Running(standby):
+        wait_for(lambda: len(pods.calls_of("watch")) > 1, timeout=30, what="the warm list's watch failing")
+        pods.set_phase(NS, POD, "Running")  # the warm list does not see it
+        redis_client.delete(keys.watcher_lease)
+        # from a stale copy the pod would be published Pending; listed from the apiserver it is Running
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")], timeout=30,
+                 what="the takeover's relist from the apiserver")
+        snapshot = standby.metrics.snapshot()
+        assert snapshot["relists_api_total"] == 1 and "relists_warm_total" not in snapshot
 
 
 def take_over(redis_client: redis.Redis, keys: Keys) -> None:
     """Another process takes the lease through the lease script, as after the leader paused past its lease."""
     redis_client.delete(keys.watcher_lease)  # expired
     assert Script(redis_client, "lease_renew.lua")(lease=keys.watcher_lease, fence=keys.watcher_fence,
-                                                   holder="other", token="other-token", epoch="0", ms=60000)
+                                                   holder="other", token="other-token", epoch="0", ms=60000,
+                                                   resume="0")
 
 
 def test_a_leader_whose_lease_was_taken_over_has_its_next_publish_refused_and_stops_leading(
