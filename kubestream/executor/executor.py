@@ -21,7 +21,7 @@ from airflow._shared.observability.metrics import stats  # the Stats facade Base
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
 from kubestream.executor import results
-from kubestream.executor.config import settings_from_airflow
+from kubestream.executor.config import check_team_prefix, settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
@@ -44,10 +44,16 @@ class SchedulerIdInUse(RuntimeError):
     """Another live scheduler runs with this scheduler_id."""
 
 class KubeStreamExecutor(BaseExecutor):
-    """Runs each task as a Kubernetes pod through Redis Streams (see the kubestream README)."""
+    """Runs each task as a Kubernetes pod through Redis Streams (see the kubestream README).
+
+    Team-safe (Airflow multi-team): a team's executor reads every setting from that team's configuration
+    (``self.conf``) and refuses to start on the default or the global key prefix, so two teams' tasks never
+    share launch streams, result streams or task records.
+    """
 
     pre_assigns_external_executor_id = True
     supports_ad_hoc_ti_run = True
+    supports_multi_team = True
     serve_logs = False
 
     def __init__(self, parallelism: int = PARALLELISM, team_name: str | None = None, **kwargs: Any) -> None:
@@ -68,8 +74,15 @@ class KubeStreamExecutor(BaseExecutor):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
-        """Every setting from ``[kubestream]`` (config file, AIRFLOW__KUBESTREAM__* env, _cmd, _secret)."""
-        return settings_from_airflow(self.conf)
+        """Every setting from ``[kubestream]`` (config file, AIRFLOW__KUBESTREAM__* env, _cmd, _secret); for a
+        team's executor from that team's configuration (AIRFLOW__<TEAM>___KUBESTREAM__*, [<team>=kubestream])."""
+        settings = settings_from_airflow(self.conf, self.team_name)
+        if self.team_name:
+            from airflow.configuration import conf
+
+            check_team_prefix(settings, self.team_name,
+                              (conf.get("kubestream", "key_prefix", fallback=None) or "").strip())
+        return settings
 
     def start(self) -> None:
         self.settings = self.load_settings()
@@ -90,7 +103,8 @@ class KubeStreamExecutor(BaseExecutor):
         if warning:
             self.log.warning("%s", warning)
         self._next_reconcile = time.monotonic() + self.settings.reconcile_seconds
-        self.log.info("kubestream executor started: scheduler_id=%s results=%s", self.scheduler_id, self.results_stream)
+        self.log.info("kubestream executor started: scheduler_id=%s results=%s%s", self.scheduler_id,
+                      self.results_stream, f" team={self.team_name}" if self.team_name else "")
 
     def _claim_scheduler_id(self) -> None:
         """Refuse to run beside a live scheduler with the same ``scheduler_id`` (both would read one result
