@@ -1,0 +1,137 @@
+"""The side-by-side benchmark's Markdown: a headline table (ratios measured in the same run at each
+latency) and a full table per latency, written into docs/benchmarks.md between the markers
+``<!-- versus:begin -->`` and ``<!-- versus:end -->``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- versus:begin -->", "<!-- versus:end -->"
+
+
+def _by(doc: dict[str, Any], latency: float, config: str) -> dict[str, Any] | None:
+    return next((r for r in doc["results"] if r["latency_ms"] == latency and r["config"] == config), None)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    r = a / b
+    return f"**{r:.0f}x**" if r >= 10 else f"**{r:.1f}x**"
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{_fmt(r['pods_per_s'])}{'*' if r['capped'] else ''}"
+
+
+def headline(doc: dict[str, Any]) -> str:
+    """kubestream / KubernetesExecutor throughput, and KubernetesExecutor / kubestream scheduler CPU per
+    task and longest heartbeat, each pair measured in the same run at the same latency."""
+    ks_configs = [f"kubestream {n} launcher{'s' if n > 1 else ''}" for n in doc["launchers"]]
+    ks_configs = [ks_configs[i] for i in sorted({len(ks_configs) // 2, len(ks_configs) - 1})]
+    rows = ["| latency | configuration | pods/s | vs KE best | vs KE default | scheduler CPU ms/task "
+            "| KE best / it | KE default / it | longest heartbeat ms | KE best / it | KE default / it |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for latency in doc["latencies_ms"]:
+        best = _by(doc, latency, "KubernetesExecutor best")
+        default = _by(doc, latency, "KubernetesExecutor default")
+        for config in ks_configs:
+            ks = _by(doc, latency, config)
+            if ks is None:
+                continue
+            rows.append(
+                f"| {latency:.0f} ms | {config} | {_rate(ks)} "
+                f"| {_ratio(ks['pods_per_s'], best and best['pods_per_s'])} "
+                f"| {_ratio(ks['pods_per_s'], default and default['pods_per_s'])} "
+                f"| {_fmt(ks['scheduler_cpu_ms_per_task'], 2)} "
+                f"| {_ratio(best and best['scheduler_cpu_ms_per_task'], ks['scheduler_cpu_ms_per_task'])} "
+                f"| {_ratio(default and default['scheduler_cpu_ms_per_task'], ks['scheduler_cpu_ms_per_task'])} "
+                f"| {_fmt(ks['heartbeat_ms_max'])} "
+                f"| {_ratio(best and best['heartbeat_ms_max'], ks['heartbeat_ms_max'])} "
+                f"| {_ratio(default and default['heartbeat_ms_max'], ks['heartbeat_ms_max'])} |")
+        for ke in (best, default):
+            if ke is not None:
+                rows.append(f"| {latency:.0f} ms | {ke['config']} | {_rate(ke)} | | "
+                            f"| {_fmt(ke['scheduler_cpu_ms_per_task'], 2)} | | | {_fmt(ke['heartbeat_ms_max'])} | | |")
+    return "\n".join(rows)
+
+
+def _memory(r: dict[str, Any], field: str) -> str:
+    mb = r[field]
+    helpers = [v for k, v in mb.items() if k not in ("scheduler", "redis-server") and v is not None]
+    return f"{_fmt(mb.get('scheduler'))} / {_fmt(sum(helpers)) if helpers else 'n/a'}"
+
+
+def full_table(doc: dict[str, Any]) -> str:
+    rows = ["| latency | configuration | pods/s | all N terminal (s) | report lag p50 / p99 (ms) "
+            "| longest heartbeat / p99 (ms) | scheduler CPU ms/task (thread / process) | total CPU ms/task "
+            "| peak RSS MB (scheduler / helpers summed) | PSS MB at end (same) | Redis MB (peak over baseline) "
+            "| kubelet p50 / p99 (ms) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ceilings = {c["latency_ms"]: c for c in doc["raw_ceiling"]}
+    for latency in doc["latencies_ms"]:
+        c = ceilings.get(latency)
+        if c:
+            rows.append(f"| {latency:.0f} ms | raw client, {c['threads']} threads (ceiling) | {_fmt(c['pods_per_s'])} "
+                        "| | | | | | | | | |")
+        for r in (r for r in doc["results"] if r["latency_ms"] == latency):
+            done = (f"{_fmt(r['seconds_to_all_terminal'])}" if not r["capped"]
+                    else f"{r['tasks_terminal']}/{r['tasks']} in {_fmt(r['seconds_measured'])}*")
+            redis_mb = r["redis_used_memory_mb"]
+            rows.append(
+                f"| {latency:.0f} ms | {r['config']} | {_rate(r)} | {done} "
+                f"| {_fmt(r['report_lag_ms_p50'])} / {_fmt(r['report_lag_ms_p99'])} "
+                f"| {_fmt(r['heartbeat_ms_max'])} / {_fmt(r['heartbeat_ms_p99'])} "
+                f"| {_fmt(r['scheduler_cpu_ms_per_task'], 2)} / {_fmt(r['scheduler_process_cpu_ms_per_task'], 2)} "
+                f"| {_fmt(r['total_cpu_ms_per_task'], 2)} | {_memory(r, 'peak_rss_mb')} | {_memory(r, 'pss_mb')} "
+                f"| {_fmt(redis_mb['peak_over_baseline'], 2) if redis_mb else 'n/a'} "
+                f"| {_fmt(r['kubelet_ms_p50'])} / {_fmt(r['kubelet_ms_p99'])} |")
+    return "\n".join(rows)
+
+
+def markdown(doc: dict[str, Any], *, results_file: Path, images: list[Path]) -> str:
+    try:
+        shown = results_file.resolve().relative_to(Path(__file__).resolve().parents[1])
+    except ValueError:
+        shown = results_file
+    pictures = "\n".join(f"![{p.stem}](img/{p.name})" for p in images)
+    capped = any(r["capped"] for r in doc["results"])
+    return "\n".join([
+        f"Run of {doc['generated']} ({doc['machine']['cpus']} cores, `{doc['command'].strip()}`, "
+        f"{doc['bench_seconds']:.0f} s; results in `{shown}`). N = {doc['tasks']} tasks per configuration; "
+        f"Airflow {doc['versions']['apache-airflow-core']}, cncf.kubernetes provider "
+        f"{doc['versions']['apache-airflow-providers-cncf-kubernetes']}.",
+        "",
+        "Headline (each ratio from figures measured in the same run at that latency; KE = the "
+        "KubernetesExecutor):",
+        "",
+        headline(doc),
+        "",
+        "All figures:",
+        "",
+        full_table(doc),
+        "",
+        *(["\\* stopped at the phase's time limit "
+           f"({doc['cap_seconds']:.0f} s) before all N tasks were terminal: pods/s is over what it created by "
+           "then, CPU per task over the tasks that finished.", ""] if capped else []),
+        pictures,
+    ])
+
+
+def update_docs(path: Path, table: str) -> None:
+    """Put ``table`` between the markers of ``path`` (the markers must be there)."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise RuntimeError(f"{path} has no {BEGIN} ... {END} section")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
