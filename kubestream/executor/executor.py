@@ -71,6 +71,8 @@ class KubeStreamExecutor(BaseExecutor):
         self._token = uuid.uuid4().hex  # this process's claim on its scheduler_id
         self.signer: Signer | Unsigned = Unsigned()  # replaced in start()
         self._next_alive = 0.0
+        # a team's metrics carry its name, as BaseExecutor's own do
+        self._stat_tags: dict[str, str] | None = {"team_name": team_name} if team_name else None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_settings(self) -> Settings:
@@ -201,7 +203,7 @@ class KubeStreamExecutor(BaseExecutor):
                 self.log.error("%s: %s", w.ti.key, reason)
                 del self.queued_tasks[w.ti.key]
                 self.fail(w.ti.key, info=reason)
-                stats.incr(f"{STAT}launch_build_failures")
+                stats.incr(f"{STAT}launch_build_failures", tags=self._stat_tags)
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
@@ -216,15 +218,16 @@ class KubeStreamExecutor(BaseExecutor):
         except redis.RedisError as exc:
             # nothing was written (MULTI/EXEC): the workloads stay queued and go again next heartbeat
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
-            stats.incr(f"{STAT}dispatch_redis_errors")
+            stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
             return
         for ti_key, msg, _ in launches:
             del self.queued_tasks[ti_key]
             self.running.add(ti_key)
             if msg.external_executor_id:
                 self._external_ids[ti_key] = msg.external_executor_id
-        stats.timing(f"{STAT}dispatch_batch_duration", timedelta(seconds=time.monotonic() - started))
-        stats.incr(f"{STAT}dispatched", count=len(launches))
+        stats.timing(f"{STAT}dispatch_batch_duration", timedelta(seconds=time.monotonic() - started),
+                     tags=self._stat_tags)
+        stats.incr(f"{STAT}dispatched", count=len(launches), tags=self._stat_tags)
 
     # -- results --------------------------------------------------------------------------------
     def sync(self) -> None:
@@ -251,7 +254,7 @@ class KubeStreamExecutor(BaseExecutor):
         if not entries and self._cursor == "0":
             self._cursor = ">"  # our pending backlog is applied: read new entries from now on
             return self.apply_results()
-        stats.gauge(f"{STAT}results_per_sync", len(entries))
+        stats.gauge(f"{STAT}results_per_sync", len(entries), tags=self._stat_tags)
         if not entries:
             return 0
         events, bad = results.decode_entries(entries, self.results_stream, self.signer)
@@ -259,12 +262,13 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.error("dead-lettering undecodable result %s: %s", eid, reason)
             self._dead_letter(eid, reason, dict(entries)[eid])
         if bad:
-            stats.incr(f"{STAT}results_dead_lettered", count=len(bad))
+            stats.incr(f"{STAT}results_dead_lettered", count=len(bad), tags=self._stat_tags)
         results.apply(self, events)
-        stats.incr(f"{STAT}results_applied", count=len(events))
+        stats.incr(f"{STAT}results_applied", count=len(events), tags=self._stat_tags)
         published = [e.at for e in events if e.at > 0]
         if published:  # the oldest result of the batch: how far behind the pods this scheduler is
-            stats.timing(f"{STAT}result_lag", timedelta(seconds=max(0.0, time.time() - min(published))))
+            stats.timing(f"{STAT}result_lag", timedelta(seconds=max(0.0, time.time() - min(published))),
+                         tags=self._stat_tags)
         try:
             self.redis.xack(self.results_stream, RESULTS_GROUP, *[eid for eid, _ in entries])
         except redis.RedisError as exc:  # applied but not acknowledged: re-applied after a restart, harmless
@@ -291,7 +295,7 @@ class KubeStreamExecutor(BaseExecutor):
         self.log.error("the result stream %s lost its consumer group: Redis lost its data (restart without "
                        "persistence, failover, FLUSHALL); recreating it and reconciling running tasks",
                        self.results_stream)
-        stats.incr(f"{STAT}redis_resets")
+        stats.incr(f"{STAT}redis_resets", tags=self._stat_tags)
         try:
             self._ensure_group()
             self._cursor = "0"
@@ -316,9 +320,9 @@ class KubeStreamExecutor(BaseExecutor):
         missing, final = self.store.unreported(list(by_pod),
                                                settled_before=time.time() - self.settings.reconcile_seconds)
         if missing:
-            stats.incr(f"{STAT}reconcile_lost_records", count=len(missing))
+            stats.incr(f"{STAT}reconcile_lost_records", count=len(missing), tags=self._stat_tags)
         if final:
-            stats.incr(f"{STAT}reconcile_lost_results", count=len(final))
+            stats.incr(f"{STAT}reconcile_lost_results", count=len(final), tags=self._stat_tags)
         if missing:
             keys = [task_key(by_pod[pod]) for pod in missing]
             states = self.task_states_from_db(keys)
@@ -389,9 +393,9 @@ class KubeStreamExecutor(BaseExecutor):
                 self._external_ids[ti.key] = ti.external_executor_id
             adopted.append((task_key(ti.key), state))
         results.apply_adopted(self, adopted)
-        stats.incr(f"{STAT}adopted", count=len(adopted))
-        stats.incr(f"{STAT}not_adopted", count=len(not_adopted))
-        stats.timing(f"{STAT}adoption_duration", timedelta(seconds=time.monotonic() - started))
+        stats.incr(f"{STAT}adopted", count=len(adopted), tags=self._stat_tags)
+        stats.incr(f"{STAT}not_adopted", count=len(not_adopted), tags=self._stat_tags)
+        stats.timing(f"{STAT}adoption_duration", timedelta(seconds=time.monotonic() - started), tags=self._stat_tags)
         self.log.info("adopted %d task instances in %.1f ms, %d not adoptable", len(adopted),
                       (time.monotonic() - started) * 1000, len(not_adopted))
         return not_adopted
