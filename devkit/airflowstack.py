@@ -5,6 +5,12 @@ number of ``airflow scheduler`` processes with one shared environment (one JWT
 secret, the execution API URL, the metadata DB, ``[kubestream]`` settings).
 ``task_env()`` is what a task pod needs to reach that Airflow (the simulated
 kubelet in process mode runs each pod's command with it).
+
+Multi-team (``AIRFLOW__CORE__MULTI_TEAM=True`` and an executor list such as
+``LocalExecutor;team_a=kubestream.executor.KubeStreamExecutor``): each team with a
+kubestream executor gets the same ``[kubestream]`` settings under its own name
+(``AIRFLOW__TEAM_A___KUBESTREAM__*``) with a key prefix of its own
+(``team_settings(team)``), and ``migrate()`` creates the teams the DAG bundles name.
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from typing import Any
 from devkit.procs import free_port, spawn, stop_pid, wait_for
 
 EXECUTOR = "kubestream.executor.KubeStreamExecutor"
+
+
+def team_executors(executor_setting: str) -> dict[str, list[str]]:
+    """``[core] executor`` per team: ``"A,B;team_a=C"`` -> ``{"": ["A", "B"], "team_a": ["C"]}``."""
+    teams: dict[str, list[str]] = {}
+    for part in executor_setting.split(";"):
+        team, sep, names = part.strip().rpartition("=")
+        teams[team.strip() if sep else ""] = [n.strip() for n in names.split(",") if n.strip()]
+    return teams
+
+
+def team_prefix(prefix: str, team: str) -> str:
+    """The key prefix a team's kubestream gets in a dev stack (its own, never the global one)."""
+    return f"{prefix}.{team}"[:32]
 
 
 class AirflowStack:
@@ -49,6 +69,18 @@ class AirflowStack:
             **{f"AIRFLOW__KUBESTREAM__{k.upper()}": v for k, v in kubestream.items()},
             **(extra or {}),
         }
+        self.teams: dict[str, dict[str, str]] = {}  # team -> its [kubestream] settings
+        if self.env.get("AIRFLOW__CORE__MULTI_TEAM", "").lower() == "true":
+            for team, names in team_executors(self.env["AIRFLOW__CORE__EXECUTOR"]).items():
+                if team and any(n.endswith("KubeStreamExecutor") for n in names):
+                    own = {**kubestream, "key_prefix": team_prefix(kubestream.get("key_prefix", "kubestream"), team)}
+                    self.teams[team] = own
+                    for k, v in own.items():
+                        self.env.setdefault(f"AIRFLOW__{team.upper()}___KUBESTREAM__{k.upper()}", v)
+
+    def team_settings(self, team: str) -> dict[str, str]:
+        """A team's kubestream settings (lowercase names), for its launchers and watcher."""
+        return dict(self.teams[team])
 
     # -- processes --------------------------------------------------------------------------
     def airflow(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -60,6 +92,8 @@ class AirflowStack:
 
     def migrate(self) -> None:
         self.airflow("db", "migrate")
+        if self.env.get("AIRFLOW__CORE__MULTI_TEAM", "").lower() == "true":
+            self.airflow("teams", "sync")  # the teams the DAG bundles name, before anything parses them
 
     def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         proc = spawn([sys.executable, "-m", "airflow", *args], self.home / f"{name}.log", env=self.env)
@@ -100,7 +134,7 @@ class AirflowStack:
     def task_env(self) -> dict[str, str]:
         """The environment a task pod runs with (no DB access: tasks talk to the execution API)."""
         return {k: v for k, v in self.env.items() if k.startswith("AIRFLOW") and "SQL_ALCHEMY" not in k
-                and not k.startswith("AIRFLOW__KUBESTREAM__")} | {"PATH": self.env["PATH"]}
+                and "KUBESTREAM__" not in k} | {"PATH": self.env["PATH"]}  # nor any team's [kubestream]
 
     # -- queries ------------------------------------------------------------------------------
     def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any] | None = None) -> None:
