@@ -23,7 +23,7 @@ def _settings_to_env(team: str | None = None) -> None:
 
     from airflow.configuration import conf
 
-    from kubestream.executor.config import check_team_prefix, settings_from_airflow
+    from kubestream.executor.config import check_team_prefix, prefixes_taken, settings_from_airflow
     from kubestream.settings import SettingsError
 
     try:
@@ -31,7 +31,7 @@ def _settings_to_env(team: str | None = None) -> None:
             from airflow.executors.base_executor import ExecutorConf
 
             settings = settings_from_airflow(ExecutorConf(team_name=team), team)
-            check_team_prefix(settings, team, (conf.get("kubestream", "key_prefix", fallback=None) or "").strip())
+            check_team_prefix(settings, team, prefixes_taken(conf, team, {"KubeStreamExecutor"}))
         else:
             settings = settings_from_airflow(conf)
     except SettingsError as exc:

@@ -44,12 +44,42 @@ def settings_from_airflow(conf: AirflowConf, team_name: str | None = None) -> Se
     return Settings.from_mapping(values, source=section_name(team_name))
 
 
-def check_team_prefix(settings: Settings, team_name: str, global_prefix: str) -> None:
-    """A team's executor must use a key prefix of its own: not the default, not the global executor's."""
-    taken = {global_prefix: "the global [kubestream] key_prefix", Settings().key_prefix: "the default"}
+def teams_running(executor_setting: str, class_names: set[str]) -> list[str]:
+    """The teams whose executors in ``[core] executor`` (``"A,B;team_a=C,D;team_b=E"``, entries optionally
+    ``alias:module.Class``) include one of ``class_names`` (a class name or its full path)."""
+    teams = []
+    for part in executor_setting.split(";"):
+        team, sep, names = part.strip().rpartition("=")
+        if not sep or not team.strip():
+            continue
+        for name in names.split(","):
+            path = name.strip().rsplit(":", 1)[-1]
+            if path in class_names or path.rsplit(".", 1)[-1] in class_names:
+                teams.append(team.strip())
+                break
+    return teams
+
+
+def check_team_prefix(settings: Settings, team_name: str, taken: dict[str, str]) -> None:
+    """A team's executor must use a key prefix of its own: not the default, not one in ``taken`` (prefix ->
+    whose it is: the global executor's, other teams')."""
+    taken = {**taken, Settings().key_prefix: "the default"}
     if settings.key_prefix in taken:
         raise SettingsError(
             f"[{section_name(team_name)}] key_prefix={settings.key_prefix!r} is {taken[settings.key_prefix]}: "
             f"team {team_name!r} needs a key_prefix of its own (set {team_variable(team_name, 'key_prefix')} or "
             f"key_prefix in [{section_name(team_name)}]; its launchers and watcher use the same "
             f"KUBESTREAM_KEY_PREFIX), or its tasks would share streams with another team's")
+
+
+def prefixes_taken(conf: Any, team_name: str, class_names: set[str]) -> dict[str, str]:
+    """The key prefixes a team's executor may not use, read from Airflow's ``conf``: the global
+    ``[kubestream]`` one and those of the other teams that run a kubestream executor (``[core] executor``)."""
+    taken: dict[str, str] = {}
+    for other in teams_running(conf.get("core", "executor", fallback="") or "", class_names):
+        if other != team_name:
+            prefix = (conf.get(AIRFLOW_SECTION, "key_prefix", fallback=None, team_name=other) or "").strip()
+            taken[prefix] = f"team {other!r}'s key_prefix too"
+    taken[(conf.get(AIRFLOW_SECTION, "key_prefix", fallback=None) or "").strip()] = \
+        "the global [kubestream] key_prefix"
+    return taken

@@ -21,7 +21,7 @@ from airflow._shared.observability.metrics import stats  # the Stats facade Base
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
 from kubestream.executor import results
-from kubestream.executor.config import check_team_prefix, settings_from_airflow
+from kubestream.executor.config import check_team_prefix, prefixes_taken, settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
@@ -82,8 +82,9 @@ class KubeStreamExecutor(BaseExecutor):
         if self.team_name:
             from airflow.configuration import conf
 
-            check_team_prefix(settings, self.team_name,
-                              (conf.get("kubestream", "key_prefix", fallback=None) or "").strip())
+            kind = type(self)
+            names = {"KubeStreamExecutor", kind.__name__, f"{kind.__module__}.{kind.__qualname__}"}
+            check_team_prefix(settings, self.team_name, prefixes_taken(conf, self.team_name, names))
         return settings
 
     def start(self) -> None:
