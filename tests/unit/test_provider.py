@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from devkit.procs import free_port
+from devkit.procs import free_port, wait_for
 from kubestream.executor.cli import log_level
-from kubestream.executor.config import settings_from_airflow
+from kubestream.executor.config import settings_from_airflow, teams_running
 from kubestream.executor.provider import get_provider_info
 from kubestream.settings import FIELDS, Settings, SettingsError
 
@@ -111,6 +111,28 @@ def test_a_team_without_a_key_prefix_of_its_own_refuses_to_start(monkeypatch: py
         KubeStreamExecutor(team_name="team_b").start()
 
 
+def test_teams_running_kubestream_from_the_executor_setting() -> None:
+    names = {"KubeStreamExecutor"}
+    assert teams_running("kubestream.executor.KubeStreamExecutor,LocalExecutor", names) == []
+    setting = ("LocalExecutor;team_a=kubestream.executor.KubeStreamExecutor;team_b=LocalExecutor;"
+               "team_c=LocalExecutor, ks:kubestream.executor.KubeStreamExecutor")
+    assert teams_running(setting, names) == ["team_a", "team_c"]
+
+
+def test_two_teams_on_one_key_prefix_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubestream.executor import KubeStreamExecutor
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor;team_a=kubestream.executor.KubeStreamExecutor;"
+                                                  "team_b=kubestream.executor.KubeStreamExecutor")
+    monkeypatch.setenv("AIRFLOW__TEAM_A___KUBESTREAM__KEY_PREFIX", "ours")
+    monkeypatch.setenv("AIRFLOW__TEAM_B___KUBESTREAM__KEY_PREFIX", "ours")
+    with pytest.raises(SettingsError, match=r"^\[team_b=kubestream\] key_prefix='ours' is team 'team_a''s key_prefix"):
+        KubeStreamExecutor(team_name="team_b").load_settings()
+    monkeypatch.setenv("AIRFLOW__TEAM_B___KUBESTREAM__KEY_PREFIX", "theirs")
+    assert KubeStreamExecutor(team_name="team_b").load_settings().key_prefix == "theirs"
+    assert KubeStreamExecutor(team_name="team_a").load_settings().key_prefix == "ours"
+
+
 # -- the `airflow kubestream` flags ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def airflow_parser() -> argparse.ArgumentParser:
@@ -164,6 +186,17 @@ def test_log_file_gets_the_log_lines(tmp_path: Path) -> None:
     assert out.returncode == 3, out.stderr[-2000:]  # Redis unreachable
     assert "cannot reach Redis" in log.read_text()
     assert "cannot reach Redis" not in out.stderr
+
+
+def test_daemon_mode_detaches_and_logs_to_the_default_log_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env(AIRFLOW_HOME=str(home), AIRFLOW__KUBESTREAM__REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    out = _airflow(env, "watcher", "-D", "--pid", str(tmp_path / "watcher.pid"))
+    assert out.returncode == 0, out.stderr[-2000:]  # the foreground process returns once detached
+    log = home / "airflow-kubestream-watcher.log"
+    wait_for(lambda: log.exists() and "cannot reach Redis" in log.read_text(), timeout=120, interval=0.5,
+             what="the daemon's log line in its default log file")
 
 
 def test_team_flag_reads_the_teams_settings(redis_server: Any, redis_client: Any) -> None:
