@@ -24,8 +24,11 @@ The phases:
 
 - ``none``: no fault, the baseline;
 - ``launcher-kill``: a launcher killed with SIGKILL every ``--launcher-kill-every`` seconds (in turn);
-- ``watcher-kill``: the watcher holding the lease killed with SIGKILL every ``--watcher-kill-every`` seconds
-  (a strike first waits for a lease taken since the previous kill, so each kill hits a leader).
+- ``watcher-kill``: every ``--watcher-kill-every`` seconds, the watcher holding the lease (acquired since the
+  previous kill) killed with SIGKILL; a strike that finds no such leader kills nothing;
+- ``launcher-kill-new-name`` (only when named in ``--phases``): as ``launcher-kill``, but the replacement gets
+  a new consumer name (a Deployment's new pod), so the dead launcher's pending entries must be claimed by
+  the others; under the same name the restarted launcher takes its own pending entries back at start.
 
 Figures per phase: ``seconds_to_drain`` (first submission to the last final state out of the executor),
 ``drain_ratio`` (to ``none``'s), ``pods_created``, ``duplicate_pods`` (pod objects beyond the first per (pod
@@ -70,6 +73,7 @@ from devkit.components import REPO_ROOT
 from devkit.podwatch import PodLedger
 
 PHASES = ("none", "launcher-kill", "watcher-kill")
+EXTRA_PHASES = ("launcher-kill-new-name",)  # only when asked for (--phases)
 DOCS = REPO_ROOT / "docs" / "failover.md"
 FIGURES_START, FIGURES_END = "<!-- failover figures: start -->", "<!-- failover figures: end -->"
 DRAIN_RATIO_BAR = 1.5  # launcher-kill drains within 1.5x the time of none
@@ -86,7 +90,7 @@ class FailoverConfig:
     watchers: int = 2
     launcher_kill_every: float = 2.0
     watcher_kill_every: float = 4.0
-    min_kills: int = 2  # a fault phase goes on until it killed this often, even when drained before
+    min_kills: int = 2  # a fault phase goes on until it struck this often, even when drained before
     fault_window_max: float = 180.0
     drain_timeout: float = 120.0
     queued_timeout: float = 600.0  # Airflow's default task_queued_timeout: no requeue within a phase
@@ -103,11 +107,12 @@ class FailoverConfig:
 def make_phase_fault(phase: str, config: FailoverConfig) -> Fault:
     if phase == "none":
         return NoFault()
-    if phase == "launcher-kill":
-        return LauncherKill(every=config.launcher_kill_every, first=config.launcher_kill_every, same_name=True)
+    if phase in ("launcher-kill", "launcher-kill-new-name"):
+        return LauncherKill(every=config.launcher_kill_every, first=config.launcher_kill_every,
+                            same_name=phase == "launcher-kill")
     if phase == "watcher-kill":
         return WatcherKill(every=config.watcher_kill_every, first=config.watcher_kill_every, leader=True)
-    raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
+    raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES + EXTRA_PHASES)}")
 
 
 @dataclass
@@ -120,6 +125,7 @@ class FailoverFigures:
     duplicate_pods: int = 0
     tasks_lost: int = 0
     kills: int = 0
+    kills_in_flight: int = 0  # kills before the last task's final state (the others struck a drained phase)
     report_lag_p50: float | None = None
     report_lag_p99: float | None = None
     report_lag_max: float | None = None
@@ -164,11 +170,13 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 def figures_of(phase: str, chaos: PhaseFigures, lags: Sequence[float], fault: Fault) -> FailoverFigures:
-    kills = sum(1 for s in chaos.strike_log if str(s.get("what", "")).startswith("kill -9"))
+    kill_times = [float(s["at"]) for s in chaos.strike_log if str(s.get("what", "")).startswith("kill -9")]
+    drained = chaos.seconds_to_drain
     out = FailoverFigures(
         phase=phase, tasks=chaos.tasks_submitted, seconds_to_drain=chaos.seconds_to_drain,
         pods_created=chaos.pods_created, duplicate_pods=chaos.duplicate_pods, tasks_lost=chaos.tasks_lost,
-        kills=kills, report_lag_p50=_r(percentile(lags, 50), 3), report_lag_p99=_r(percentile(lags, 99), 3),
+        kills=len(kill_times), kills_in_flight=sum(1 for t in kill_times if drained is None or t < drained),
+        report_lag_p50=_r(percentile(lags, 50), 3), report_lag_p99=_r(percentile(lags, 99), 3),
         report_lag_max=_r(max(lags, default=None), 3), report_lags=len(lags), wrong_states=chaos.wrong_states,
         duplicate_final_states=chaos.duplicate_final_states, unexpected_exits=chaos.unexpected_exits,
         errors=list(chaos.errors), chaos=asdict(chaos))
@@ -229,8 +237,8 @@ def bars(results: Sequence[FailoverFigures]) -> list[dict[str, Any]]:
 COLUMNS = [  # (header, figure)
     ("phase", "phase"), ("tasks", "tasks"), ("drain s", "seconds_to_drain"), ("ratio to none", "drain_ratio"),
     ("pods created", "pods_created"), ("duplicate pods", "duplicate_pods"), ("lost", "tasks_lost"),
-    ("kills", "kills"), ("report lag p50 s", "report_lag_p50"), ("p99 s", "report_lag_p99"),
-    ("max s", "report_lag_max"), ("longest takeover s", "takeover_seconds"),
+    ("kills", "kills"), ("kills in flight", "kills_in_flight"), ("report lag p50 s", "report_lag_p50"),
+    ("p99 s", "report_lag_p99"), ("max s", "report_lag_max"), ("longest takeover s", "takeover_seconds"),
 ]
 
 
@@ -312,10 +320,10 @@ def write_outputs(results: Sequence[FailoverFigures], config: FailoverConfig, se
 
 def parse_phases(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PHASES]
+    unknown = [n for n in names if n not in PHASES + EXTRA_PHASES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown phase(s) {', '.join(unknown) or '(none)'}; "
-                                         f"known: {', '.join(PHASES)}")
+                                         f"known: {', '.join(PHASES + EXTRA_PHASES)}")
     return names
 
 
@@ -323,7 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = FailoverConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.failover", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--phases", type=parse_phases, default=list(PHASES),
-                        help=f"comma-separated: {', '.join(PHASES)}")
+                        help=f"comma-separated, in order: {', '.join(PHASES + EXTRA_PHASES)}")
     parser.add_argument("--tasks", type=int, default=d.tasks, help="tasks per phase")
     parser.add_argument("--pod-seconds", type=float, default=d.pod_seconds, help="each pod runs this long")
     parser.add_argument("--submit-seconds", type=float, default=d.submit_seconds, help="0: all tasks at once")

@@ -229,17 +229,17 @@ class LauncherTerm(Fault):
 
 
 class WatcherKill(Fault):
-    """kill -9 of the watcher (the first one), replaced under a new name. ``leader``: the lease holder is
-    killed instead (the strike first waits, at most ``leader_wait`` seconds, for a lease taken since the last
-    kill) and restarted under the same name; every acquisition of the lease is timed (``takeovers()``)."""
+    """kill -9 of the watcher (the first one), replaced under a new name. ``leader``: the watcher holding a lease
+    acquired since the last kill is killed instead and restarted under the same name; a strike that finds no
+    such leader kills nothing (a new leader is never killed the moment it appears). Every acquisition of the
+    lease is timed (``takeovers()``)."""
 
     name, summary, every = "watcher-kill", "kill -9 of the watcher, restarted", 8.0
 
-    def __init__(self, *, every: float | None = None, first: float | None = None, leader: bool = False,
-                 leader_wait: float = 30.0) -> None:
+    def __init__(self, *, every: float | None = None, first: float | None = None, leader: bool = False) -> None:
         self.every = self.every if every is None else every
         self.first = self.first if first is None else first
-        self.leader, self.leader_wait = leader, leader_wait
+        self.leader = leader
         if leader:
             self.summary = "kill -9 of the leading watcher, restarted under the same name"
         self.kills: list[tuple[float, int]] = []  # (time.monotonic(), lease epoch) of each kill
@@ -290,33 +290,26 @@ class WatcherKill(Fault):
             out.append(round(min(later) - at, 3) if later else None)
         return out
 
-    def _leader(self, stage: Stage, stop: threading.Event) -> tuple[Proc, int] | None:
-        """The watcher holding a lease taken since the last kill, and its epoch; None if none by the wait."""
-        lease_key = self._keys(stage)[0]
-        since = self.kills[-1][1] if self.kills else 0
-        deadline = time.monotonic() + self.leader_wait
+    def _leader(self, stage: Stage) -> tuple[Proc, int] | None:
+        """The live watcher holding a lease acquired since the last kill, and its epoch; None if there is none."""
         assert self._client is not None
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                raw = self._client.get(lease_key)
-                epoch = self._epoch(stage)
-            except redis.RedisError:
-                raw, epoch = None, 0
-            holder = raw.decode() if isinstance(raw, bytes) else raw
-            if holder and epoch > since:
-                with stage.lock:
-                    for proc in stage.pipe.watchers:
-                        if stage.name_of(proc) == holder and proc.poll() is None:
-                            return proc, epoch
-            stop.wait(0.02)
+        since = self.kills[-1][1] if self.kills else 0
+        raw = self._client.get(self._keys(stage)[0])
+        epoch = self._epoch(stage)
+        holder = raw.decode() if isinstance(raw, bytes) else raw
+        if not holder or epoch <= since:
+            return None
+        for proc in stage.pipe.watchers:
+            if stage.name_of(proc) == holder and proc.poll() is None:
+                return proc, epoch
         return None
 
     def strike(self, stage: Stage, stop: threading.Event) -> str:
-        found = self._leader(stage, stop) if self.leader else None
-        if self.leader and found is None:
-            return f"no leader (a lease taken since the last kill) within {self.leader_wait:.0f} s"
         with stage.lock:
-            victim, epoch = found or (stage.pipe.watchers[0], 0)
+            found = self._leader(stage) if self.leader else (stage.pipe.watchers[0], 0)
+            if found is None:
+                return "no leader (no lease acquired since the last kill): nothing killed"
+            victim, epoch = found
             name = stage.name_of(victim)
             os.kill(victim.pid, signal.SIGKILL)
             self.kills.append((time.monotonic(), epoch))
