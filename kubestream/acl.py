@@ -39,6 +39,7 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
     (one user per scheduler; empty: any scheduler's, for deployments with generated ids).
     """
     k = Keys(prefix)
+    live = (k.live, f"{k.base}:watcher:cluster:*:live")  # the live sets: one cluster's, or each named cluster's
     own = scheduler_id or "*"
     if component == "scheduler":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS,
@@ -50,7 +51,7 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
     if component == "launcher":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+multi", "+exec", "+discard",
                 "+time",  # the rate limiter's clock
-                *_keys(k.task("*"), k.dead, k.results("*"), k.live, k.rate_limit),
+                *_keys(k.task("*"), k.dead, k.results("*"), *live, k.rate_limit),
                 "+xadd", "+hget", "+hmget", "+hset", "+expire", "+sadd", "+srem", "+pexpire",  # failed launches
                 "+scan",  # `kubestream launcher --check` finds its health key
                 _selector(_keys(k.launch("*")), ("+xreadgroup", "+xack", "+xdel", "+xpending", "+xclaim",
@@ -59,7 +60,7 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                                                  "+xinfo|consumers", "+xgroup|delconsumer")),  # dead launchers
                 # the failed-launch and claim scripts name a launch stream among their keys; their inner
                 # commands are still checked one by one (no XADD to a launch stream from a script either)
-                _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), k.live,
+                _selector(_keys(k.launch("*"), k.task("*"), k.dead, k.results("*"), *live,
                                 k.alive("launcher", "*")), _SCRIPTS),
                 _selector(_keys(k.alive("launcher", "*")), ("+set", "+exists", "+del")),  # liveness
                 _selector(_keys(k.health("launcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]

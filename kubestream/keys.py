@@ -2,6 +2,11 @@
 
 The prefix is wrapped in braces (``{kubestream}:...``) so that all keys hash
 to one Redis Cluster slot: Lua scripts touch several of them at once.
+
+``cluster`` names the Kubernetes cluster of a launcher or watcher when one Airflow
+drives several: the watcher lease, its checkpoints and the live set are then the
+cluster's own (``{p}:watcher:cluster:<name>:...``); without one they are the
+single-cluster keys. Task records, launch and result streams are shared.
 The key table in docs/architecture.md documents each one; keep them in sync.
 """
 
@@ -11,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
+_CLUSTER = re.compile(r"^(|[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?)$")
 
 LAUNCH_GROUP = "launchers"
 RESULTS_GROUP = "executor"
@@ -19,11 +25,20 @@ RESULTS_GROUP = "executor"
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "kubestream"
+    cluster: str = ""
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
             raise ValueError(f"invalid key prefix {self.prefix!r}: expected 1-32 characters of [A-Za-z0-9_.:-] "
                              "(no braces: kubestream adds them)")
+        if not _CLUSTER.match(self.cluster):
+            raise ValueError(f"invalid cluster name {self.cluster!r}: expected at most 40 characters of [a-z0-9-], "
+                             "starting and ending with a letter or digit")
+
+    @property
+    def _watcher(self) -> str:
+        """Where the watcher's keys of this cluster live."""
+        return f"{self.base}:watcher:cluster:{self.cluster}" if self.cluster else f"{self.base}:watcher"
 
     @property
     def base(self) -> str:
@@ -63,8 +78,8 @@ class Keys:
 
     @property
     def live(self) -> str:
-        """Set of "<namespace>/<pod>/<dispatch>" whose last published state is pending or running."""
-        return f"{self.base}:live"
+        """Set of "<namespace>/<pod>/<dispatch>" of this cluster whose last published state is pending or running."""
+        return f"{self._watcher}:live" if self.cluster else f"{self.base}:live"
 
     @property
     def data_epoch(self) -> str:
@@ -72,8 +87,8 @@ class Keys:
         return f"{self.base}:epoch"
 
     def resource_version(self, namespace: str) -> str:
-        """The watcher's checkpointed resourceVersion for one namespace."""
-        return f"{self.base}:watcher:rv:{namespace}"
+        """The watcher's checkpointed resourceVersion for one namespace (of this cluster)."""
+        return f"{self._watcher}:rv:{namespace}"
 
     @property
     def watcher_fence(self) -> str:
@@ -82,8 +97,19 @@ class Keys:
 
     @property
     def watcher_lease(self) -> str:
-        """Holder name of the active watcher (SET NX PX)."""
-        return f"{self.base}:watcher:lease"
+        """Holder name of the active watcher of this cluster (SET PX)."""
+        return f"{self._watcher}:lease"
+
+    @property
+    def cluster_keys_pattern(self) -> str:
+        """Every watcher key of every named cluster (``cluster_of`` tells which one)."""
+        return f"{self.base}:watcher:cluster:*"
+
+    def cluster_lease_of(self, key: str) -> str | None:
+        """The cluster whose watcher lease ``key`` is, None when it is not a cluster's lease."""
+        head = f"{self.base}:watcher:cluster:"
+        name, _, rest = key.removeprefix(head).partition(":")
+        return name if key.startswith(head) and rest == "lease" else None
 
     @property
     def rate_limit(self) -> str:

@@ -123,6 +123,10 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _cluster(raw: str) -> str:
+    return Keys("kubestream", raw.strip()).cluster  # keys.py owns the rule
+
+
 def _prefix(raw: str) -> str:
     return Keys(raw.strip()).prefix  # keys.py is the one owner of the key-prefix rule
 
@@ -285,6 +289,10 @@ class Settings:
         "dead-letter one they read.", _int(1024)))
     metrics_port: int = field(default=0, metadata=_doc(
         "Launcher/watcher: HTTP port for /healthz and /metrics (Prometheus text). 0: disabled.", _int(0)))
+    cluster: str = field(default="", metadata=_doc(
+        "Launcher/watcher: name of the Kubernetes cluster this process serves (its kubeconfig's) when one "
+        "Airflow drives several: each cluster has its own launchers (their `queues` route tasks to it) and "
+        "its own watcher lease, checkpoints and live set. Empty: one cluster.", _cluster))
     consumer_name: str = field(default="", metadata=_doc(
         "Launcher/watcher: consumer and lease holder name. Empty: hostname-pid.", _name))
 

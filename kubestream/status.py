@@ -45,8 +45,19 @@ def collect(client: redis.Redis, settings: Settings) -> dict[str, Any]:
         "dead_letters": {"count": client.xlen(keys.dead), "latest": dead},
         "live_pods": client.scard(keys.live),
         "watcher_lease": as_text(client.get(keys.watcher_lease) or b"") or None,
+        "cluster_watcher_leases": _cluster_leases(client, keys),
         "processes": health,
     }
+
+
+def _cluster_leases(client: redis.Redis, keys: Keys) -> dict[str, str | None]:
+    """The holder of each named cluster's watcher lease (clusters seen by their keys)."""
+    leases: dict[str, str | None] = {}
+    for key in client.scan_iter(match=keys.cluster_keys_pattern, count=1000):
+        cluster = keys.cluster_lease_of(as_text(key))
+        if cluster is not None:
+            leases[cluster] = as_text(client.get(key) or b"") or None
+    return dict(sorted(leases.items()))
 
 
 def render(report: dict[str, Any]) -> str:
@@ -60,8 +71,10 @@ def render(report: dict[str, Any]) -> str:
             lag = "-" if g["lag"] is None else str(g["lag"])
             lines.append(f"{s['stream']:<48} {s['length']:>7} {g['name']:<10} {g['pending']:>8} {lag:>6}  {consumers}")
     lines += ["", f"live pods (pending/running): {report['live_pods']}",
-              f"watcher lease: {report['watcher_lease'] or 'nobody (no active watcher)'}",
-              f"dead letters: {report['dead_letters']['count']}"]
+              f"watcher lease: {report['watcher_lease'] or 'nobody (no active watcher)'}"]
+    for cluster, holder in report["cluster_watcher_leases"].items():
+        lines.append(f"watcher lease of cluster {cluster}: {holder or 'nobody (no active watcher)'}")
+    lines.append(f"dead letters: {report['dead_letters']['count']}")
     for d in report["dead_letters"]["latest"]:
         lines.append(f"  {d['id']}  {d['task']}  {d['reason']}")
     lines += ["", "processes:"]

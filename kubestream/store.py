@@ -179,6 +179,7 @@ class TaskStore:
                 task=task, **self._event_args(event, dispatch or "", self._owner(task)),
                 any_dispatch="1" if dispatch is None else "0",
                 token=fence.token if fence else "", epoch=str(fence.epoch) if fence else "",
+                lease=self.keys.watcher_lease,
             ))
             if published.detail != OWNER_CHANGED:
                 break
@@ -209,14 +210,15 @@ class TaskStore:
         """The ARGV of ``_publish.lua``'s ``publish`` by name; state '' when there is no event. The event is
         signed for the result stream of ``owner`` (the script refuses it if the owner changed meanwhile)."""
         if event is None:
-            return {"base": self.keys.base, "state": "", "reason": "", "event": "", "maxlen": 0, "ttl": 0,
-                    "now": 0, "live_pod": "", "dispatch": dispatch, "owner": "", "key_id": "", "sig": ""}
+            return {"base": self.keys.base, "live": self.keys.live, "state": "", "reason": "", "event": "",
+                    "maxlen": 0, "ttl": 0, "now": 0, "live_pod": "", "dispatch": dispatch, "owner": "", "key_id": "",
+                    "sig": ""}
         raw = encode(event)
         signed = self.signer.sign(self.keys.results(owner), raw) if owner else {}
         return {
             "owner": owner if signed.get(SIG_FIELD) else "",
             "key_id": signed.get(KEY_FIELD, b""), "sig": signed.get(SIG_FIELD, b""),
-            "base": self.keys.base, "state": event.state.value, "reason": event.reason[:2000],
+            "base": self.keys.base, "live": self.keys.live, "state": event.state.value, "reason": event.reason[:2000],
             "event": raw, "maxlen": self.settings.results_maxlen,
             "ttl": min(self.settings.final_record_ttl_seconds, self.settings.task_ttl_seconds),
             "now": f"{time.time():.3f}",
@@ -230,7 +232,7 @@ class TaskStore:
 
     def remove_live(self, member: LiveMember, fence: Fence) -> bool:
         """Drop ``member`` from the live set; False (nothing written) once ``fence`` no longer holds the lease."""
-        return bool(self._live_remove(live=self.keys.live, base=self.keys.base, token=fence.token,
+        return bool(self._live_remove(live=self.keys.live, lease=self.keys.watcher_lease, token=fence.token,
                                       epoch=str(fence.epoch), member=str(member)))
 
     def data_epoch(self) -> str:

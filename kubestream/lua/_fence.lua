@@ -3,16 +3,16 @@
 --
 -- KEYS: none, ARGV: none (the including script binds its own and passes them in).
 --
--- holds_lease(base, token, epoch) tells whether the caller still holds the watcher lease:
---   base    the key base "{p}"; the lease {p}:watcher:lease and its fence {p}:watcher:lease:fence
---           (hash: token, epoch) are derived from it, in the same hash slot as the caller's keys
+-- holds_lease(lease, token, epoch) tells whether the caller still holds the watcher lease:
+--   lease   the lease key of the caller's cluster ({p}:watcher:lease, or
+--           {p}:watcher:cluster:<name>:lease); its fence is <lease>:fence (hash: token, epoch),
+--           in the same hash slot as the caller's keys
 --   token   the caller's lease token, unique per process ('' = not fenced, e.g. a launcher's write)
 --   epoch   the lease epoch the caller acquired (a new one on every acquisition)
 -- Returns true when token is '' or the lease exists and its fence holds this token and epoch.
 
-local function holds_lease(base, token, epoch)
+local function holds_lease(lease, token, epoch)
   if token == '' then return true end
-  local lease = base .. ':watcher:lease'
   if redis.call('EXISTS', lease) == 0 then return false end
   local fence = redis.call('HMGET', lease .. ':fence', 'token', 'epoch')
   return fence[1] == token and fence[2] == epoch

@@ -5,15 +5,15 @@
 --
 -- publish(task, base, ev) publishes one task state change if it is new, atomically:
 --   task             the task hash {p}:task:<pod name> (one of the including script's KEYS)
---   base             the key base "{p}"; {p}:results:<owner> and {p}:live are derived from it,
---                    in the same hash slot as task
+--   base             the key base "{p}"; {p}:results:<owner> is derived from it, in the same hash slot as task
 --   ev.state         pending | running | succeeded | failed
 --   ev.reason        the reason stored with the state
 --   ev.event         the encoded TaskStateChanged, XADDed as field `m`
 --   ev.maxlen        approximate MAXLEN of the result stream
 --   ev.ttl           seconds the task hash lives after a final state
 --   ev.now           epoch seconds, stored as `updated`
---   ev.live_pod      "<namespace>/<pod>" ('' = none): the {p}:live member is "<namespace>/<pod>/<dispatch>"
+--   ev.live          the live set of the pod's cluster ({p}:live, or {p}:watcher:cluster:<name>:live)
+--   ev.live_pod      "<namespace>/<pod>" ('' = none): the live member is "<namespace>/<pod>/<dispatch>"
 --   ev.dispatch      the dispatch id the event's pod belongs to ('' for a pod without one)
 --   ev.any_dispatch  true: the event belongs to whatever dispatch the record has (ev.dispatch ignored)
 --   ev.owner         the owner the event was signed for ('' = not signed): a record that names another
@@ -31,7 +31,7 @@ local function publish(task, base, ev)
   local dispatch = ev.dispatch
   if ev.any_dispatch then dispatch = current end
   local final = ev.state == 'succeeded' or ev.state == 'failed'
-  local live = base .. ':live'
+  local live = ev.live
   local member = ''
   if ev.live_pod ~= '' then member = ev.live_pod .. '/' .. dispatch end
   local function drop(why)

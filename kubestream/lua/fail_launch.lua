@@ -10,7 +10,7 @@
 -- ARGV[3] dead_reason: why it is dead-lettered ('' = no dead letter)
 -- ARGV[4] raw: the raw launch message, kept in the dead letter
 -- ARGV[5] dead_maxlen: approximate MAXLEN of the dead-letter stream
--- ARGV[6] base: the key base "{p}"; {p}:results:<owner> and {p}:live are derived from it
+-- ARGV[6] base: the key base "{p}"; {p}:results:<owner> is derived from it
 -- ARGV[7] state: the state to publish, failed ('' = publish nothing: the task is unknown)
 -- ARGV[8] reason: the reason stored with the state
 -- ARGV[9] event: the encoded TaskStateChanged
@@ -23,6 +23,7 @@
 -- ARGV[15] owner: the owner the event was signed for ('' = unsigned)
 -- ARGV[16] key_id: the signing key's id ('' = unsigned)
 -- ARGV[17] sig: the event's signature for {p}:results:<owner>
+-- ARGV[18] live: the live set of the launcher's cluster ({p}:live or {p}:watcher:cluster:<name>:live)
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'no task'} when
 -- state is '').
 
@@ -46,6 +47,7 @@ local dispatch = ARGV[14]
 local owner = ARGV[15]
 local key_id = ARGV[16]
 local sig = ARGV[17]
+local live = ARGV[18]
 
 redis.call('XACK', stream, group, entry)
 redis.call('XDEL', stream, entry)
@@ -56,6 +58,6 @@ end
 if state == '' then return {0, 'no task'} end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
-  live_pod = live_pod, dispatch = dispatch, any_dispatch = dispatch == '',
+  live = live, live_pod = live_pod, dispatch = dispatch, any_dispatch = dispatch == '',
   owner = owner, key_id = key_id, sig = sig,
 })

@@ -4,7 +4,7 @@
 -- include: _publish.lua
 --
 -- KEYS[1] task: the task hash {p}:task:<pod name>
--- ARGV[1] base: the key base "{p}"; {p}:results:<owner>, {p}:live and the lease are derived from it
+-- ARGV[1] base: the key base "{p}"; {p}:results:<owner> is derived from it
 -- ARGV[2] state: pending | running | succeeded | failed
 -- ARGV[3] reason: the reason stored with the state
 -- ARGV[4] event: the encoded TaskStateChanged
@@ -19,6 +19,8 @@
 -- ARGV[13] owner: the owner the event was signed for ('' = unsigned)
 -- ARGV[14] key_id: the signing key's id ('' = unsigned)
 -- ARGV[15] sig: the event's signature for {p}:results:<owner>
+-- ARGV[16] live: the live set of the publisher's cluster ({p}:live or {p}:watcher:cluster:<name>:live)
+-- ARGV[17] lease: the watcher lease of the publisher's cluster (its fence is <lease>:fence)
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'not the lease holder'}
 -- when token no longer holds the lease: nothing is written).
 
@@ -38,10 +40,12 @@ local epoch = ARGV[12]
 local owner = ARGV[13]
 local key_id = ARGV[14]
 local sig = ARGV[15]
+local live = ARGV[16]
+local lease = ARGV[17]
 
-if not holds_lease(base, token, epoch) then return {0, 'not the lease holder'} end
+if not holds_lease(lease, token, epoch) then return {0, 'not the lease holder'} end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
-  live_pod = live_pod, dispatch = dispatch, any_dispatch = any_dispatch == '1',
+  live = live, live_pod = live_pod, dispatch = dispatch, any_dispatch = any_dispatch == '1',
   owner = owner, key_id = key_id, sig = sig,
 })

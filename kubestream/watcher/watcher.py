@@ -136,7 +136,7 @@ class Watcher:
         self.settings = settings
         self.redis = redis_client
         self.pods = pods if pods is not None else PodApi(api)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.cluster)
         signer = signer_for(settings)  # SigningKeyError (no key, unsigned not allowed) stops the start
         if isinstance(signer, Unsigned):
             log.warning(UNSIGNED_WARNING)
@@ -290,7 +290,7 @@ class Watcher:
     def checkpoint(self, namespace: str, rv: str, term: Term | None = None) -> None:
         """Record that every event of ``namespace`` up to ``rv`` is published (refused once deposed)."""
         term = self._current(term)
-        if not self._checkpoint(checkpoint=self.keys.resource_version(namespace), base=self.keys.base,
+        if not self._checkpoint(checkpoint=self.keys.resource_version(namespace), lease=self.keys.watcher_lease,
                                 token=term.fence.token, epoch=str(term.fence.epoch), rv=rv):
             self._deposed(term, "a checkpoint")
 

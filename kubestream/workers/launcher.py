@@ -116,7 +116,7 @@ class Launcher:
         self.settings = settings
         self.redis = redis_client
         self.pods = pods if pods is not None else PodApi(api)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.cluster)
         self.signer = signer_for(settings)  # SigningKeyError (no key, unsigned not allowed) stops the start
         if isinstance(self.signer, Unsigned):
             log.warning(UNSIGNED_WARNING)

@@ -302,7 +302,7 @@ def test_fenced_writes_are_refused_once_the_lease_is_another_ones(store: TaskSto
     _dispatch(store)
     assert store.publish(_event(TaskState.RUNNING), dispatch="d1", fence=fence).published
     checkpoint = Script(store.redis, "checkpoint.lua")
-    assert checkpoint(checkpoint=keys.resource_version("ns"), base=keys.base, token=fence.token,
+    assert checkpoint(checkpoint=keys.resource_version("ns"), lease=keys.watcher_lease, token=fence.token,
                       epoch=str(fence.epoch), rv="7") == 1
     # the leader pauses past its lease; another process takes it through the lease script
     store.redis.delete(keys.watcher_lease)
@@ -310,7 +310,7 @@ def test_fenced_writes_are_refused_once_the_lease_is_another_ones(store: TaskSto
                                            token="other-token", epoch="0", ms=5000, resume="0")
     refused = store.publish(_event(TaskState.SUCCEEDED), dispatch="d1", fence=fence)
     assert (refused.published, refused.detail) == (False, NOT_LEASE_HOLDER)
-    assert checkpoint(checkpoint=keys.resource_version("ns"), base=keys.base, token=fence.token,
+    assert checkpoint(checkpoint=keys.resource_version("ns"), lease=keys.watcher_lease, token=fence.token,
                       epoch=str(fence.epoch), rv="9") == 0
     assert not store.remove_live(LiveMember("ns", POD, "d1"), fence)
     assert store.redis.get(keys.resource_version("ns")) == b"7"
