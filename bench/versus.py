@@ -1,7 +1,8 @@
 """Benchmark: kubestream beside the KubernetesExecutor, on the same cluster, in the same run.
 
     .venv/bin/python -m bench.versus [--tasks 300] [--latencies 0,50,200] [--launchers 1,2,4]
-                                     [--concurrency 16] [--cap-seconds 75] [--max-seconds 1500]
+                                     [--concurrency 16] [--kubelet-workers 32] [--cap-seconds 120]
+                                     [--max-seconds 1500]
                                      [--out bench/results] [--no-docs]
 
 One real kube-apiserver + etcd, one redis-server and one PostgreSQL (Airflow metadata DB, ``airflow db
@@ -63,7 +64,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latencies", default="0,50,200", help="added one-way latencies, ms, comma-separated")
     parser.add_argument("--launchers", default="1,2,4", help="kubestream launcher counts, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight per launcher (its default)")
-    parser.add_argument("--cap-seconds", type=float, default=75.0, help="time limit of one configuration")
+    parser.add_argument("--kubelet-workers", type=int, default=32, help="API workers of the simulated kubelet")
+    parser.add_argument("--cap-seconds", type=float, default=120.0, help="time limit of one configuration")
     parser.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after this long")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory of the JSON results")
     parser.add_argument("--images", default=str(IMAGES), help="directory of the PNG plots")
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             setup_seconds = time.monotonic() - started
             for latency in _numbers(args.latencies):
                 rig = start_latency_rig(cluster, redis_url, work / f"latency-{int(latency)}", latency_ms=latency,
-                                        ke_kubeconfig=ke_kubeconfig, db_url=pg.url)
+                                        ke_kubeconfig=ke_kubeconfig, db_url=pg.url,
+                                        kubelet_workers=args.kubelet_workers)
                 try:
                     ceiling = raw_ceiling(rig, pods=args.tasks, threads=max(launcher_counts) * args.concurrency)
                     ceilings.append(asdict(ceiling))
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "tasks": args.tasks, "latencies_ms": _numbers(args.latencies), "launchers": launcher_counts,
         "launch_concurrency": args.concurrency, "cap_seconds": args.cap_seconds, "via": VIA,
         "kubelet": "one simulated kubelet process (rules mode, succeed: 50 ms ContainerCreating + 100 ms Running, "
-                   "8 API workers) for every configuration",
+                   f"{args.kubelet_workers} API workers) for every configuration",
         "raw_ceiling": ceilings, "results": results,
         "setup_seconds": round(setup_seconds, 1), "bench_seconds": round(time.monotonic() - started, 1),
     }

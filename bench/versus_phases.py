@@ -33,12 +33,12 @@ from kubernetes import client as k8s
 
 from bench.pipeline import raw_client_phase
 from bench.versus_airflow import AirflowDb
+from bench.versus_kubelet import start_sized_kubelet
 from bench.versus_loop import LoopRecord, drive
 from bench.versus_observer import PodSeen, read_observations
 from bench.versus_procs import ProcSample, children_of, peak_rss_mb, percentile, pss_mb, reset_peak_rss
 from devkit.cluster import ClusterState
 from devkit.components import Components
-from devkit.isolated import start_kubelet
 from devkit.pipeline import Pipeline
 from devkit.probe import Streams
 from devkit.scheduler import executor_env
@@ -74,6 +74,7 @@ class Figures:
     report_lag_ms_p99: float | None
     kubelet_ms_p50: float | None  # pod first seen -> Succeeded (the simulated kubelet's own time: 150 ms ideal)
     kubelet_ms_p99: float | None
+    kubelet_cpu_busy: float  # the simulated kubelet's CPU seconds per second of the phase (1.0 = one core)
     heartbeat_ms_max: float
     heartbeat_ms_p99: float
     heartbeats: int
@@ -131,13 +132,14 @@ def _write_kubeconfig(path: Path, port: int, cluster: ClusterState, identity: st
 
 
 def start_latency_rig(cluster: ClusterState, redis_url: str, work: Path, *, latency_ms: float,
-                      ke_kubeconfig: str, db_url: str) -> LatencyRig:
+                      ke_kubeconfig: str, db_url: str, kubelet_workers: int = 32) -> LatencyRig:
     """The latency proxy, the simulated kubelet (direct) for NAMESPACE and the observer; stop with ``stop_rig``."""
     work.mkdir(parents=True, exist_ok=True)
     children = Components(work, log_level="WARNING")
     try:
         proxy = start_tcp_latency(children, cluster.apiserver_port, latency_ms=latency_ms)
-        kubelet = start_kubelet(children, cluster.kubeconfig("kubelet"), NAMESPACE, node_name="versus-node")
+        kubelet = start_sized_kubelet(children, cluster.kubeconfig("kubelet"), NAMESPACE, node_name="versus-node",
+                                      workers=kubelet_workers)
         observed = work / "observed.jsonl"
         ready = work / "observer.ready"
         observer = children.start_module("observer", "bench.versus_observer", [
@@ -227,7 +229,7 @@ def _observed(rig: LatencyRig, keys: set[Any], finals: dict[Any, tuple[str, floa
 
 
 def _figures(rig: LatencyRig, *, config: str, executor: str, settings: dict[str, Any], keys: set[Any],
-             rec: LoopRecord, procs: list[ProcSample], scheduler: ProcSample,
+             rec: LoopRecord, procs: list[ProcSample], scheduler: ProcSample, kubelet_cpu: ProcSample,
              redis_memory: dict[str, float] | None, notes: list[str]) -> Figures:
     peak_rss = {"scheduler": peak_rss_mb(os.getpid())} | {p.name: peak_rss_mb(p.pid) for p in procs}
     pss = {"scheduler": pss_mb(os.getpid())} | {p.name: pss_mb(p.pid) for p in procs}
@@ -254,6 +256,7 @@ def _figures(rig: LatencyRig, *, config: str, executor: str, settings: dict[str,
                                                                - rec.started, 2),
         report_lag_ms_p50=_ms(percentile(lags, 0.5)), report_lag_ms_p99=_ms(percentile(lags, 0.99)),
         kubelet_ms_p50=_ms(percentile(kubelet, 0.5)), kubelet_ms_p99=_ms(percentile(kubelet, 0.99)),
+        kubelet_cpu_busy=round(kubelet_cpu.cpu_since() / max(1e-9, rec.ended - rec.started), 2),
         heartbeat_ms_max=_ms(max(walls)) or 0.0, heartbeat_ms_p99=_ms(percentile(walls, 0.99)) or 0.0,
         heartbeats=len(walls), first_heartbeat_ms=round(rec.first_call_ms, 1), gc_ms=round(rec.gc_ms, 1),
         scheduler_cpu_ms_per_task=round(sched_cpu / per_task * 1000, 3),
@@ -304,6 +307,7 @@ def kubestream_phase(rig: LatencyRig, db: AirflowDb, *, tasks: int, launchers: i
         memory = _RedisMemory(rig.redis_url)
         notes = _scheduler_notes()
         scheduler = ProcSample.of("scheduler", os.getpid())
+        kubelet_cpu = ProcSample.of("kubelet", rig.kubelet_pid)
         live = [*pipe.launchers, *pipe.watchers]
 
         def between() -> None:
@@ -316,7 +320,8 @@ def kubestream_phase(rig: LatencyRig, db: AirflowDb, *, tasks: int, launchers: i
         return _figures(rig, config=config, executor="kubestream",
                         settings={"launchers": launchers, "launch_concurrency": concurrency,
                                   "in_flight": launchers * concurrency},
-                        keys=run.keys, rec=rec, procs=procs, scheduler=scheduler, redis_memory=memory.figures(),
+                        keys=run.keys, rec=rec, procs=procs, scheduler=scheduler, kubelet_cpu=kubelet_cpu,
+                        redis_memory=memory.figures(),
                         notes=notes)
     finally:
         if executor is not None:
@@ -368,11 +373,13 @@ def kubernetes_executor_phase(rig: LatencyRig, db: AirflowDb, *, tasks: int, bes
         procs = [ProcSample.of(name, pid) for pid, name in _helper_names(executor, helpers).items()]
         notes += _scheduler_notes()
         scheduler = ProcSample.of("scheduler", os.getpid())
+        kubelet_cpu = ProcSample.of("kubelet", rig.kubelet_pid)
         rec = drive(executor, run.keys, cap_seconds=cap_seconds)
         if rec.capped:
             notes.append(f"stopped at the {cap_seconds:.0f} s time limit: rates are over what it created by then")
         return _figures(rig, config=config, executor="KubernetesExecutor", settings=settings, keys=run.keys, rec=rec,
-                        procs=procs, scheduler=scheduler, redis_memory=None, notes=notes)
+                        procs=procs, scheduler=scheduler, kubelet_cpu=kubelet_cpu,
+                        redis_memory=None, notes=notes)
     finally:
         executor.end()
         _reap(helpers)

@@ -75,7 +75,7 @@ def full_table(doc: dict[str, Any]) -> str:
     rows = ["| latency | configuration | pods/s | all N terminal (s) | report lag p50 / p99 (ms) "
             "| longest heartbeat / p99 (ms) | scheduler CPU ms/task (thread / process) | total CPU ms/task "
             "| peak RSS MB (scheduler / helpers summed) | PSS MB at end (same) | Redis MB (peak over baseline) "
-            "| kubelet p50 / p99 (ms) |",
+            "| kubelet p50 / p99 ms (its CPU, cores) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ceilings = {c["latency_ms"]: c for c in doc["raw_ceiling"]}
     for latency in doc["latencies_ms"]:
@@ -94,7 +94,7 @@ def full_table(doc: dict[str, Any]) -> str:
                 f"| {_fmt(r['scheduler_cpu_ms_per_task'], 2)} / {_fmt(r['scheduler_process_cpu_ms_per_task'], 2)} "
                 f"| {_fmt(r['total_cpu_ms_per_task'], 2)} | {_memory(r, 'peak_rss_mb')} | {_memory(r, 'pss_mb')} "
                 f"| {_fmt(redis_mb['peak_over_baseline'], 2) if redis_mb else 'n/a'} "
-                f"| {_fmt(r['kubelet_ms_p50'])} / {_fmt(r['kubelet_ms_p99'])} |")
+                f"| {_fmt(r['kubelet_ms_p50'])} / {_fmt(r['kubelet_ms_p99'])} ({_fmt(r.get('kubelet_cpu_busy'), 2)}) |")
     return "\n".join(rows)
 
 
