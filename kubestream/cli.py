@@ -185,7 +185,7 @@ def cmd_cleanup_pods(args: argparse.Namespace) -> int:
     namespaces = tuple(args.namespace or settings.namespaces_to_watch())
     api = api_client(settings.kube_config, settings.kube_context, pool_size=2)
     try:
-        found = cleanup_pods(PodApi(api), namespaces, dry_run=args.dry_run)
+        found = cleanup_pods(PodApi(api), namespaces, key_prefix=settings.key_prefix, dry_run=args.dry_run)
     finally:
         api.close()
     verb = "would delete" if args.dry_run else "deleted"

@@ -14,10 +14,13 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 POD_NAME_MAX = 63
 MANAGED_LABEL = "kubestream.io/managed"  # "true" on every task pod: the watcher's selector
 DISPATCH_ANNOTATION = "kubestream.io/dispatch"  # the external executor id of the dispatch that made the pod
+# the key prefix of the kubestream deployment (or team) that made the pod: others leave it alone
+PREFIX_ANNOTATION = "kubestream.io/key-prefix"
 _HASH_LEN = 10
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
@@ -69,6 +72,14 @@ def task_annotations(key: TaskKey) -> dict[str, str]:
         annotations["map_index"] = str(key.map_index)
     annotations["run_id"] = key.run_id
     return annotations
+
+
+def made_by(pod: Mapping[str, Any], key_prefix: str) -> bool:
+    """Whether the kubestream of ``key_prefix`` made ``pod``: its prefix annotation names it (a pod
+    without one, made before pods carried it, counts as its own). Another deployment's or team's pods
+    in a shared namespace are neither published nor deleted."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(PREFIX_ANNOTATION, key_prefix) == key_prefix)
 
 
 def key_from_annotations(annotations: Mapping[str, str] | None) -> TaskKey | None:

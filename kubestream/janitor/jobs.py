@@ -32,7 +32,7 @@ def _failed_pods(_client: redis.Redis, settings: Settings) -> Any:
     api = api_client(settings.kube_config, settings.kube_context, pool_size=2)
     try:
         return delete_failed_pods(PodApi(api), settings.namespaces_to_watch(),
-                                  settings.failed_pod_retention_seconds, time.time())
+                                  settings.failed_pod_retention_seconds, time.time(), key_prefix=settings.key_prefix)
     finally:
         api.close()
 

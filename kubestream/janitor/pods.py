@@ -3,8 +3,9 @@
 With ``delete_worker_pods_on_failure`` off (the default), the watcher leaves a failed
 pod in place so its logs stay readable; the janitor deletes it once the retention has
 passed, so failed pods neither vanish at once nor pile up for ever. Only pods with
-kubestream's managed label are considered; the delete names the pod's uid, so a pod
-created again under the same name in between is never touched.
+kubestream's managed label, made by this deployment (its key-prefix annotation), are
+considered; the delete names the pod's uid, so a pod created again under the same name
+in between is never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from kubestream.kubeapi import Pod, PodApi
-from kubestream.taskkey import MANAGED_LABEL
+from kubestream.taskkey import MANAGED_LABEL, made_by
 
 log = logging.getLogger("kubestream.janitor")
 
@@ -41,24 +42,25 @@ def finished_at(pod: Pod) -> float | None:
     return _timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
 
 
-def pods_in(pods: PodApi, namespace: str, selector: str = SELECTOR) -> list[Pod]:
-    """Every kubestream pod of ``namespace``, page by page."""
+def pods_in(pods: PodApi, namespace: str, key_prefix: str, selector: str = SELECTOR) -> list[Pod]:
+    """Every pod of ``namespace`` made by the kubestream of ``key_prefix``, page by page."""
     found: list[Pod] = []
     token = ""
     while True:
         page = pods.list(namespace, label_selector=selector, continue_token=token)
-        found.extend(page.items)
+        found.extend(p for p in page.items if made_by(p, key_prefix))
         token = page.continue_token
         if not token:
             return found
 
 
-def delete_failed_pods(pods: PodApi, namespaces: tuple[str, ...], retention_s: float, now: float) -> list[str]:
+def delete_failed_pods(pods: PodApi, namespaces: tuple[str, ...], retention_s: float, now: float, *,
+                       key_prefix: str) -> list[str]:
     """Delete the failed kubestream pods that finished more than ``retention_s`` before ``now``;
     returns ``namespace/name`` of each pod deleted."""
     deleted = []
     for namespace in namespaces:
-        for pod in pods_in(pods, namespace):
+        for pod in pods_in(pods, namespace, key_prefix):
             if (pod.get("status") or {}).get("phase") != "Failed":
                 continue
             done = finished_at(pod)
@@ -75,12 +77,12 @@ def delete_failed_pods(pods: PodApi, namespaces: tuple[str, ...], retention_s: f
 FINISHED = ("Succeeded", "Failed")
 
 
-def cleanup_pods(pods: PodApi, namespaces: tuple[str, ...], *, dry_run: bool = False) -> list[str]:
+def cleanup_pods(pods: PodApi, namespaces: tuple[str, ...], *, key_prefix: str, dry_run: bool = False) -> list[str]:
     """``cleanup-pods``: delete every finished (Succeeded or Failed) kubestream pod of ``namespaces``
     now, whatever its retention; returns ``namespace/name (phase)`` of each one (not deleted on a dry run)."""
     found = []
     for namespace in namespaces:
-        for pod in pods_in(pods, namespace):
+        for pod in pods_in(pods, namespace, key_prefix):
             phase = (pod.get("status") or {}).get("phase")
             if phase not in FINISHED:
                 continue

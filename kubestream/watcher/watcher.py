@@ -19,8 +19,10 @@ Per namespace the active watcher runs ``NamespaceWatch``:
    410 Gone (expired resourceVersion) goes back to 2.
 
 The watcher trusts only its own pods: a pod is published or deleted only when
-its name is the pod name of the task key in its annotations, and its dispatch
-annotation is the task record's dispatch (checked atomically by the publish).
+its key-prefix annotation is this deployment's (another kubestream, e.g. another
+team's, may share the namespace), its name is the pod name of the task key in
+its annotations, and its dispatch annotation is the task record's dispatch
+(checked atomically by the publish).
 Finished pods are deleted per ``delete_worker_pods``/``..._on_failure``;
 pods of revoked tasks or of an older dispatch are deleted whenever they are
 seen. Every delete carries the event's pod uid as a precondition, so a newer
@@ -59,7 +61,7 @@ from kubestream.messages import TaskState, TaskStateChanged
 from kubestream.settings import Settings
 from kubestream.signing import UNSIGNED_WARNING, Unsigned, signer_for
 from kubestream.store import LIVE_STATES, NOT_LEASE_HOLDER, Fence, LiveMember, TaskStore
-from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_from_annotations
+from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_from_annotations, made_by
 from kubestream.text import as_text
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
@@ -301,7 +303,7 @@ class Watcher:
         Raises ``Deposed`` (nothing written) when this process no longer holds the lease."""
         term = self._current(term)
         pod_id = pod_identity(pod)
-        if pod_id is None:
+        if pod_id is None or not made_by(pod, self.settings.key_prefix):
             return None
         meta = pod.get("metadata") or {}
         ctx = {"task": str(pod_id.key), "pod": pod_id.name, "namespace": pod_id.namespace,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kubestream.taskkey import MANAGED_LABEL, TaskKey, task_annotations
+from kubestream.taskkey import MANAGED_LABEL, PREFIX_ANNOTATION, TaskKey, task_annotations
 
 __all__ = ["PodSpecError", "build_pod", "load_template_yaml", "merge_pods", "safe_label_value", "task_labels"]
 
@@ -287,6 +287,7 @@ def build_pod(
     template: Pod | None,
     pod_override: Pod | None,
     airflow_version: str | None = None,
+    key_prefix: str = "",
 ) -> Pod:
     """The worker pod for ``key``, like the provider's ``construct_pod``.
 
@@ -298,7 +299,8 @@ def build_pod(
     a redelivered launch hitting 409 AlreadyExists), the namespace is always
     ``namespace``, and the task labels/annotations are re-applied over any
     template/override values (other labels/annotations are kept).
-    ``restartPolicy`` defaults to ``"Never"``.
+    ``restartPolicy`` defaults to ``"Never"``. ``key_prefix`` (the launcher's) is written as the
+    ``kubestream.io/key-prefix`` annotation: another kubestream sharing the namespace leaves the pod alone.
     """
     tmpl = _normalize(template, "template")
     override = _normalize(pod_override, "pod_override")
@@ -306,6 +308,8 @@ def build_pod(
     _check_kind(override, "pod_override")
     labels = task_labels(key, scheduler_id, airflow_version=airflow_version)
     annotations = task_annotations(key)
+    if key_prefix:
+        annotations[PREFIX_ANNOTATION] = key_prefix
     container: dict[str, Any] = {
         "name": BASE_CONTAINER,
         "args": [*EXECUTE_WORKLOAD, workload_json],

@@ -23,6 +23,7 @@ from kubestream.janitor.worker import queue_name, rq_key_prefix
 from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP
 from kubestream.kubeapi import PodApi
 from kubestream.messages import FIELD
+from kubestream.taskkey import PREFIX_ANNOTATION
 
 
 def test_result_streams_of_schedulers_that_are_gone_are_deleted_and_live_ones_kept(make_executor, redis_client,
@@ -95,27 +96,32 @@ def test_streams_are_trimmed_below_the_oldest_pending_entry(redis_client, keys) 
     assert trim_streams(redis_client, keys) == {}
 
 
-def test_a_failed_pod_is_kept_for_its_retention_then_deleted(cluster, kubelet, namespace, admin_api) -> None:
+def test_a_failed_pod_is_kept_for_its_retention_then_deleted(cluster, kubelet, namespace, admin_api,
+                                                              key_prefix) -> None:
     pods = PodApi(admin_api)
 
-    def pod(name: str, rule: str, labels: dict[str, str]) -> None:
+    def pod(name: str, rule: str, labels: dict[str, str], prefix: str = "") -> None:
+        made_by = {PREFIX_ANNOTATION: prefix} if prefix else {}
         pods.create(namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": name, "labels": labels, "annotations": {SIM_ANNOTATION: rule}},
+            "name": name, "labels": labels, "annotations": {SIM_ANNOTATION: rule, **made_by}},
             "spec": {"restartPolicy": "Never", "containers": [{"name": "base", "image": "busybox"}]}})
 
     managed = {"kubestream.io/managed": "true"}
     pod("failed", "exit:1", managed)
     pod("succeeded", "succeed", managed)
     pod("foreign", "exit:1", {})
+    pod("another-teams", "exit:1", managed, prefix=f"{key_prefix}.other")  # another kubestream's, same namespace
+    pod("ours", "exit:1", managed, prefix=key_prefix)
     phases = lambda: {n: ((pods.get(namespace, n) or {}).get("status") or {}).get("phase")  # noqa: E731
-                      for n in ("failed", "succeeded", "foreign")}
-    wait_for(lambda: phases() == {"failed": "Failed", "succeeded": "Succeeded", "foreign": "Failed"}, timeout=60)
+                      for n in ("failed", "succeeded", "foreign", "another-teams", "ours")}
+    wait_for(lambda: set(phases().values()) == {"Failed", "Succeeded"}, timeout=60)
     done = finished_at(pods.get(namespace, "failed") or {})
     assert done is not None
-    assert delete_failed_pods(pods, (namespace,), retention_s=600, now=done + 599) == []
+    assert delete_failed_pods(pods, (namespace,), retention_s=600, now=done + 599, key_prefix=key_prefix) == []
     assert pods.get(namespace, "failed") is not None  # its logs are still readable
-    assert delete_failed_pods(pods, (namespace,), retention_s=600, now=done + 601) == [f"{namespace}/failed"]
-    assert pods.get(namespace, "succeeded") is not None and pods.get(namespace, "foreign") is not None
+    assert delete_failed_pods(pods, (namespace,), retention_s=600, now=done + 601,
+                              key_prefix=key_prefix) == [f"{namespace}/failed", f"{namespace}/ours"]
+    assert all(pods.get(namespace, n) is not None for n in ("succeeded", "foreign", "another-teams"))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.signing import Signer, new_key
 from kubestream.store import TaskStore
-from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey, key_from_annotations, task_annotations
+from kubestream.taskkey import DISPATCH_ANNOTATION, PREFIX_ANNOTATION, TaskKey, key_from_annotations, task_annotations
 from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.launcher import REQUEST_FLOOR_SECONDS, Launcher
 
@@ -132,6 +132,7 @@ def test_a_launch_creates_the_task_pod_and_settles_the_entry(launcher, pods, red
     assert pod is not None, pods.calls
     annotations = pod["metadata"]["annotations"]
     assert key_from_annotations(annotations) == KEY and annotations[DISPATCH_ANNOTATION] == "d1"
+    assert annotations[PREFIX_ANNOTATION] == settings.key_prefix  # whose it is, in a shared namespace
     assert [c.verb for c in pods.calls] == ["create"]
     assert pending(redis_client, keys) == 0 and redis_client.xlen(keys.launch("default")) == 0
     assert results(redis_client, keys) == []  # the watcher, not the launcher, reports a created pod

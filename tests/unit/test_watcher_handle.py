@@ -25,7 +25,7 @@ from kubestream.luascripts import Script
 from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode
 from kubestream.settings import Settings
 from kubestream.store import TaskStore
-from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, task_annotations
+from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, PREFIX_ANNOTATION, TaskKey, task_annotations
 from kubestream.watcher.watcher import GIVE_UP_AFTER, Deposed, NamespaceWatch, Term, Watcher, WatcherFailed
 
 NS = "tasks"
@@ -442,6 +442,24 @@ def test_a_warm_list_that_lags_is_not_trusted_for_the_takeover(settings, pods, r
                  what="the takeover's relist from the apiserver")
         snapshot = standby.metrics.snapshot()
         assert snapshot["relists_api_total"] == 1 and "relists_warm_total" not in snapshot
+
+
+def test_a_pod_of_another_kubestream_in_the_namespace_is_neither_published_nor_deleted(
+        watcher, pods, redis_client, settings, keys) -> None:
+    """Another team's (or deployment's) kubestream shares the namespace: its pods are left alone, even one
+    whose task key is the same as one of ours."""
+    dispatch(redis_client, settings)
+    theirs = launched(pods)
+    pods.remove(NS, theirs["metadata"]["name"])
+    theirs["metadata"]["annotations"][PREFIX_ANNOTATION] = f"{settings.key_prefix}.other"
+    pods.add(NS, theirs)
+    pod = pods.set_phase(NS, POD, "Succeeded")
+    assert watcher.handle(pod, "MODIFIED") is None  # returned before any publish or delete
+    assert results(redis_client, keys) == [] and pods.calls_of("delete") == []
+    ours = dict(pod, metadata={**pod["metadata"], "annotations": {
+        **pod["metadata"]["annotations"], PREFIX_ANNOTATION: settings.key_prefix}})
+    assert watcher.handle(ours, "MODIFIED") is not None  # one of ours (or without the annotation) is handled
+    assert results(redis_client, keys) == [(KEY, TaskState.SUCCEEDED, "")]
 
 
 def take_over(redis_client: redis.Redis, keys: Keys) -> None:
