@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.failover [--phases none,launcher-kill,watcher-kill] [--tasks 300]
                                        [--pod-seconds 3] [--submit-seconds 0] [--launchers 4] [--concurrency 8]
-                                       [--launcher-kill-every 2] [--watcher-kill-every 4] [--drain-timeout 120]
+                                       [--launcher-kill-every 2] [--watcher-kill-every 4] [--first-kill S]
+                                       [--drain-timeout 120]
                                        [--keep-logs] [--max-seconds 900] [--results PATH] [--docs PATH | --no-docs]
 
 One run, the same servers for every phase (a real redis-server, the real local kube-apiserver + etcd, the
@@ -90,6 +91,7 @@ class FailoverConfig:
     watchers: int = 2
     launcher_kill_every: float = 2.0
     watcher_kill_every: float = 4.0
+    first_kill: float | None = None  # seconds after the tasks are queued; None: one kill interval
     min_kills: int = 2  # a fault phase goes on until it struck this often, even when drained before
     fault_window_max: float = 180.0
     drain_timeout: float = 120.0
@@ -108,10 +110,11 @@ def make_phase_fault(phase: str, config: FailoverConfig) -> Fault:
     if phase == "none":
         return NoFault()
     if phase in ("launcher-kill", "launcher-kill-new-name"):
-        return LauncherKill(every=config.launcher_kill_every, first=config.launcher_kill_every,
-                            same_name=phase == "launcher-kill")
+        first = config.launcher_kill_every if config.first_kill is None else config.first_kill
+        return LauncherKill(every=config.launcher_kill_every, first=first, same_name=phase == "launcher-kill")
     if phase == "watcher-kill":
-        return WatcherKill(every=config.watcher_kill_every, first=config.watcher_kill_every, leader=True)
+        first = config.watcher_kill_every if config.first_kill is None else config.first_kill
+        return WatcherKill(every=config.watcher_kill_every, first=first, leader=True)
     raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES + EXTRA_PHASES)}")
 
 
@@ -339,6 +342,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=d.concurrency, help="creates in flight per launcher")
     parser.add_argument("--launcher-kill-every", type=float, default=d.launcher_kill_every)
     parser.add_argument("--watcher-kill-every", type=float, default=d.watcher_kill_every)
+    parser.add_argument("--first-kill", type=float, help="seconds after the tasks are queued (default: one interval)")
     parser.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
                         help="after the fault stops, tasks without a final state by then are lost")
     parser.add_argument("--keep-logs", action="store_true", help="keep every phase's component logs")
@@ -356,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = FailoverConfig(tasks=args.tasks, pod_seconds=args.pod_seconds, submit_seconds=args.submit_seconds,
                             launchers=args.launchers, concurrency=args.concurrency,
                             launcher_kill_every=args.launcher_kill_every, watcher_kill_every=args.watcher_kill_every,
+                            first_kill=args.first_kill,
                             drain_timeout=args.drain_timeout, keep_logs=args.keep_logs)
     command = " ".join([".venv/bin/python -m bench.failover", *(sys.argv[1:] if argv is None else argv)])
     work = Path(tempfile.mkdtemp(prefix="kubestream-failover-"))
