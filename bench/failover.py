@@ -198,20 +198,27 @@ def run_one(servers: Servers, phase: str, config: FailoverConfig, log: Callable[
 
 
 def run_failover(servers: Servers, config: FailoverConfig = FailoverConfig(), phases: Sequence[str] = PHASES,
-                 log: Callable[[str], None] = print) -> list[FailoverFigures]:
-    """One phase per name in ``phases``, in order, on ``servers``; the figures of each (ratios filled in)."""
-    results = []
+                 log: Callable[[str], None] = print,
+                 results: list[FailoverFigures] | None = None) -> list[FailoverFigures]:
+    """One phase per name in ``phases``, in order, on ``servers``; the figures of each (ratios filled in),
+    appended to ``results`` as each phase ends when given (what an aborted run did is kept)."""
+    results = [] if results is None else results
     for phase in phases:
         results.append(run_one(servers, phase, config, log))
         r = results[-1]
         log(f"[{phase}] " + ", ".join(f"{h} {_cell(getattr(r, n))}" for h, n in COLUMNS[1:] if n != "drain_ratio")
             + "".join(f"\n  ERROR {e}" for e in r.errors)
             + (f"\n  logs kept in {r.chaos['logs']}" if r.chaos.get("logs") else ""))
+    fill_ratios(results)
+    return results
+
+
+def fill_ratios(results: Sequence[FailoverFigures]) -> None:
+    """Each phase's drain time over the none phase's (left None without a drained none phase)."""
     base = next((r.seconds_to_drain for r in results if r.phase == "none"), None)
     for r in results:
         if base and r.seconds_to_drain is not None:
             r.drain_ratio = round(r.seconds_to_drain / base, 2)
-    return results
 
 
 def bars(results: Sequence[FailoverFigures]) -> list[dict[str, Any]]:
@@ -370,9 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[FailoverFigures] = []
     try:
         with chaos_servers(work) as servers:
-            results = run_failover(servers, config, args.phases, log=lambda line: print(line, flush=True))
+            run_failover(servers, config, args.phases, log=lambda line: print(line, flush=True), results=results)
     finally:
         _shield_signals()
+        fill_ratios(results)
         if results:
             path = write_outputs(results, config, time.monotonic() - started, command, args.results, args.docs)
             print("\n" + table(results) + "\n\n" + bars_text(bars(results)))
