@@ -23,14 +23,15 @@ SIM_ANNOTATION = "kubestream.io/sim"
 
 def workload(dag_id: str, task_id: str, *, run_id: str = "run-1", try_number: int = 1, map_index: int = -1,
              queue: str = "default", executor_config: dict[str, Any] | None = None,
-             token: str = "not-a-real-jwt") -> Any:
+             token: str = "not-a-real-jwt", priority_weight: int = 1) -> Any:
     """An ``ExecuteTask`` for one task instance, with a fresh external executor id."""
     from airflow.executors.workloads import BundleInfo, ExecuteTask
     from airflow.executors.workloads.task import TaskInstanceDTO
 
     ti = TaskInstanceDTO(id=uuid.uuid4(), dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=try_number,
-                         map_index=map_index, dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=1,
-                         queue=queue, external_executor_id=str(uuid.uuid4()), executor_config=executor_config)
+                         map_index=map_index, dag_version_id=uuid.uuid4(), pool_slots=1,
+                         priority_weight=priority_weight, queue=queue, external_executor_id=str(uuid.uuid4()),
+                         executor_config=executor_config)
     return ExecuteTask(token=token, dag_rel_path=Path(f"{dag_id}.py"),
                        bundle_info=BundleInfo(name="dags-folder"), log_path=f"{dag_id}/{task_id}.log", ti=ti)
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
+_BAND = re.compile(r"!\d+:")  # a priority band's stream: queue names (settings._NAME) never hold "!"
 _CLUSTER = re.compile(r"^(|[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?)$")
 
 LAUNCH_GROUP = "launchers"
@@ -44,16 +45,18 @@ class Keys:
     def base(self) -> str:
         return "{" + self.prefix + "}"
 
-    def launch(self, queue: str) -> str:
-        """Stream of LaunchTask/RevokeTask commands for one Airflow queue."""
-        return f"{self.base}:launch:{queue}"
+    def launch(self, queue: str, band: int | None = None) -> str:
+        """Stream of LaunchTask/RevokeTask commands for one Airflow queue; with ``band``, the stream of that
+        priority band (``{p}:launch:!<band>:<queue>``, read before the queue's plain stream)."""
+        return f"{self.base}:launch:{queue}" if band is None else f"{self.base}:launch:!{band}:{queue}"
 
     def queue_of(self, stream: str) -> str:
         """The queue a launch stream serves (the inverse of ``launch``)."""
         prefix = self.launch("")
         if not stream.startswith(prefix):
             raise ValueError(f"{stream!r} is not a launch stream of {self.base}")
-        return stream[len(prefix):]
+        match = _BAND.match(stream, len(prefix))
+        return stream[match.end() if match else len(prefix):]
 
     def results(self, scheduler_id: str) -> str:
         """Stream of TaskStateChanged events for one scheduler."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,13 @@ def _names(raw: str) -> tuple[str, ...]:
         raise ValueError("expected a comma-separated list with at least one name")
     for value in values:
         _name(value)
+    return values
+
+
+def _thresholds(raw: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in _csv(raw))
+    if any(a <= b for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError("expected integers, highest first, each one smaller than the one before")
     return values
 
 
@@ -185,6 +192,11 @@ class Settings:
         _namespaces))
     queues: tuple[str, ...] = field(default=("default",), metadata=_doc(
         "Launcher: comma-separated Airflow queues (launch streams) this launcher serves.", _names))
+    priority_bands: tuple[int, ...] = field(default=(), metadata=_doc(
+        "Executor/launcher: `priority_weight` thresholds of the launch bands, highest first (e.g. `100,10`: "
+        "weights >= 100, >= 10, the rest). Launchers read a higher band first, so when launches back up "
+        "pods are created in priority order across the whole backlog. Empty: one stream per queue.",
+        _thresholds))
     queue_namespaces: str = field(default="", metadata=_doc(
         "Launcher/watcher: per-queue namespace overrides, `queue=namespace,...` (e.g. `gpu=gpu-pool`).", _str))
     worker_image: str = field(default="apache/airflow:3.3.2", metadata=_doc(
@@ -349,6 +361,20 @@ class Settings:
     def namespace_for_queue(self, queue: str) -> str:
         return self.queue_namespace_map().get(queue, self.namespace)
 
+    def band_for(self, priority_weight: int) -> int | None:
+        """The launch band of a task of ``priority_weight``: the index of the first threshold it reaches
+        (0 is read first), None for the rest (the queue's plain stream)."""
+        for band, threshold in enumerate(self.priority_bands):
+            if priority_weight >= threshold:
+                return band
+        return None
+
+    def launch_streams(self, keys: Keys, queues: Sequence[str]) -> list[str]:
+        """The launch streams of ``queues`` in the order launchers read them: every queue's highest
+        band first, every queue's plain stream last."""
+        banded = [keys.launch(q, band) for band in range(len(self.priority_bands)) for q in queues]
+        return banded + [keys.launch(q) for q in queues]
+
     def namespaces_to_watch(self) -> tuple[str, ...]:
         if self.watch_namespaces:
             return self.watch_namespaces
@@ -375,7 +401,7 @@ def _var(source: str, key: str) -> str:
 def format_value(value: object) -> str:
     """A setting's value in the text form its parser reads (lists comma-separated, booleans lowercase)."""
     if isinstance(value, tuple):
-        return ",".join(value)
+        return ",".join(map(str, value))
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -114,6 +114,7 @@ def settings(redis_server: RedisServer, key_prefix: str, cluster: ClusterState, 
         "redis_url": redis_server.url, "key_prefix": key_prefix, "namespace": namespace,
         "scheduler_id": "sched-a", "kube_config": cluster.kubeconfig("launcher"),
         "reclaim_idle_seconds": "5", "retry_budget_seconds": "2", "signing_keys": DEV_SIGNING_KEYS,
+        "priority_bands": "100,10",  # the guarantees hold with priority bands on: every test runs with them
     })
 
 

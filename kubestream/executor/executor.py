@@ -197,7 +197,7 @@ class KubeStreamExecutor(BaseExecutor):
                 if len(raw) > self.settings.max_message_bytes:
                     raise ExecutorConfigError(f"the launch message is {len(raw)} bytes, over max_message_bytes="
                                               f"{self.settings.max_message_bytes} (pod_override or template too big)")
-                launches.append((w.ti.key, msg, raw))
+                launches.append((w.ti.key, msg, raw, self.settings.band_for(w.ti.priority_weight or 0)))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
                 reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
@@ -208,11 +208,11 @@ class KubeStreamExecutor(BaseExecutor):
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for _, msg, raw in launches:
+        for _, msg, raw, band in launches:
             self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
                                        namespace=self.settings.namespace_for_queue(msg.queue),
                                        dispatch=msg.external_executor_id, digest=message_digest(raw))
-            stream = self.keys.launch(msg.queue)
+            stream = self.keys.launch(msg.queue, band)  # a priority band's stream, or the queue's plain one
             pipe.xadd(stream, self.signer.sign(stream, raw), maxlen=self.settings.launch_maxlen, approximate=True)
         try:
             pipe.execute()
@@ -221,7 +221,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
             stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
             return
-        for ti_key, msg, _ in launches:
+        for ti_key, msg, _, _ in launches:
             del self.queued_tasks[ti_key]
             self.running.add(ti_key)
             if msg.external_executor_id:

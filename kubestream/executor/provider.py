@@ -15,7 +15,8 @@ from kubestream import __version__
 SENSITIVE = frozenset({"redis_url", "signing_keys"})
 
 # a setting's Python type -> the option type Airflow's config descriptions use (config.yml, provider.yaml)
-OPTION_TYPES = {"int": "integer", "float": "float", "bool": "boolean", "str": "string", "tuple[str, ...]": "string"}
+OPTION_TYPES = {"int": "integer", "float": "float", "bool": "boolean", "str": "string", "tuple[str, ...]": "string",
+                "tuple[int, ...]": "string"}
 
 
 def option_type(f: Field[Any]) -> str:

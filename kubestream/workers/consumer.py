@@ -9,7 +9,9 @@
 - ``reclaim``: entries idle longer than ``min_idle`` (a launcher alive but stuck,
   one of an older version without a liveness key, or this one's own left for
   redelivery) are claimed with XCLAIM, with their delivery counts;
-- ``read_new``: new entries, blocking at most ``block_ms``;
+- ``read_new``: new entries, blocking at most ``block_ms``; the streams are given
+  in priority order (``Settings.launch_streams``: priority bands first), and a
+  read takes what the first streams hold before looking at the next ones;
 - ``ack``: XACK + XDEL for a batch of entries in one MULTI, only once their outcomes are settled.
 
 A read that meets ``NOGROUP`` (Redis lost its data: a restart without
@@ -77,14 +79,23 @@ class StreamConsumer:
                     raise
 
     def read_new(self, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` new entries, taken from the streams in their order (the first ones emptied
+        first, without blocking); when all are empty, block on all of them at once."""
+        rows: list[tuple[str, str, Any]] = []
         try:
-            reply = self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
-                                          count=count, block=block_ms)
+            if len(self.streams) > 1:
+                for stream in self.streams:
+                    rows += stream_entries(self.redis.xreadgroup(LAUNCH_GROUP, self.name, {stream: ">"},
+                                                                 count=count - len(rows)))
+                    if len(rows) >= count:
+                        break
+            if not rows:
+                rows = stream_entries(self.redis.xreadgroup(LAUNCH_GROUP, self.name, {s: ">" for s in self.streams},
+                                                            count=count, block=block_ms))
         except redis.ResponseError as exc:
             self._group_lost(exc)
-            return []
         return [Entry(stream, eid, fields.get(FIELD, b""), 1, fields=fields)
-                for stream, eid, fields in stream_entries(reply) if fields is not None]
+                for stream, eid, fields in rows if fields is not None]
 
     def own_pending(self, count: int = 10_000) -> list[Entry]:
         """The next (at most ``count``) entries delivered to this consumer name before, oldest first per

@@ -122,7 +122,7 @@ class Launcher:
             log.warning(UNSIGNED_WARNING)
         self.store = TaskStore(redis_client, self.keys, settings, self.signer)
         self.name = name or settings.member_name()
-        self.consumer = StreamConsumer(redis_client, [self.keys.launch(q) for q in settings.queues], self.name,
+        self.consumer = StreamConsumer(redis_client, settings.launch_streams(self.keys, settings.queues), self.name,
                                        min_idle_ms=int(settings.reclaim_idle_seconds * 1000),
                                        alive_key=lambda name: self.keys.alive("launcher", name),
                                        liveness_ms=int(settings.liveness_seconds * 1000))
@@ -653,14 +653,21 @@ class Launcher:
             return
         self._stream_stats_at = now
         pipe = self.redis.pipeline(transaction=False)
-        for queue in self.settings.queues:
-            pipe.xinfo_groups(self.keys.launch(queue))
-        for queue, groups in zip(self.settings.queues, pipe.execute(raise_on_error=False), strict=True):
+        for stream in self.consumer.streams:
+            pipe.xinfo_groups(stream)
+        lags: dict[str, int] = {}
+        pending: dict[str, int] = {}
+        for stream, groups in zip(self.consumer.streams, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(groups, Exception):
                 continue  # no stream yet (nothing dispatched): the next round sees it
+            queue = self.keys.queue_of(stream)  # a queue's priority bands add up
             for group in groups:
                 if as_text(group.get("name", b"")) == LAUNCH_GROUP:
                     lag = group.get("lag")
                     if lag is not None:  # None: Redis cannot tell (entries deleted mid-stream)
-                        self.metrics.stream_lag.labels(queue).set(int(lag))
-                    self.metrics.stream_pending.labels(queue).set(int(group.get("pending", 0)))
+                        lags[queue] = lags.get(queue, 0) + int(lag)
+                    pending[queue] = pending.get(queue, 0) + int(group.get("pending", 0))
+        for queue, value in lags.items():
+            self.metrics.stream_lag.labels(queue).set(value)
+        for queue, value in pending.items():
+            self.metrics.stream_pending.labels(queue).set(value)
