@@ -50,7 +50,7 @@ def plot_versus(doc: dict[str, Any], out: Path) -> list[Path]:
     subtitle = f"N = {doc['tasks']} tasks, {doc['machine']['cpus']} cores, {doc['generated']}"
     paths = []
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     ceiling = sorted(doc["raw_ceiling"], key=lambda c: c["latency_ms"])
     ax.plot([c["latency_ms"] for c in ceiling], [c["pods_per_s"] for c in ceiling], "k--", marker="x",
             label=f"raw client ceiling ({ceiling[0]['threads'] if ceiling else '?'} threads)")
@@ -62,25 +62,25 @@ def plot_versus(doc: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("pods created per second (log)")
     ax.set_title(f"Pod creation throughput\n{subtitle}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths.append(_save(fig, out / "versus-throughput.png"))
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     _bars(ax, doc, "scheduler_cpu_ms_per_task")
     ax.set_yscale("log")
     ax.set_ylabel("scheduler CPU per task, ms (log)")
     ax.set_title(f"Scheduler thread CPU per task (heartbeat + get_event_buffer)\n{subtitle}", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths.append(_save(fig, out / "versus-scheduler-cpu.png"))
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     _bars(ax, doc, "heartbeat_ms_max")
     ax.set_yscale("log")
     ax.set_ylabel("longest heartbeat, ms (log)")
     ax.set_title(f"Longest scheduler call (heartbeat + get_event_buffer)\n{subtitle}", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths.append(_save(fig, out / "versus-heartbeat.png"))
     return paths
 

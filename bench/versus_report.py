@@ -29,6 +29,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"**{r:.0f}x**" if r >= 10 else f"**{r:.1f}x**"
 
 
+def _terminal(r: dict[str, Any]) -> str:
+    if r["capped"]:
+        return f"{r['tasks_terminal']}/{r['tasks']} in {_fmt(r['seconds_measured'])}*"
+    return _fmt(r["seconds_to_all_terminal"])
+
+
 def _rate(r: dict[str, Any]) -> str:
     return f"{_fmt(r['pods_per_s'])}{'*' if r['capped'] else ''}"
 
@@ -39,8 +45,9 @@ def headline(doc: dict[str, Any]) -> str:
     ks_configs = [f"kubestream {n} launcher{'s' if n > 1 else ''}" for n in doc["launchers"]]
     ks_configs = [ks_configs[i] for i in sorted({len(ks_configs) // 2, len(ks_configs) - 1})]
     rows = ["| latency | configuration | pods/s | vs KE best | vs KE default | scheduler CPU ms/task "
-            "| KE best / it | KE default / it | longest heartbeat ms | KE best / it | KE default / it |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| KE best / it | KE default / it | longest heartbeat ms | KE best / it | KE default / it "
+            "| all N terminal s | KE best / it |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for latency in doc["latencies_ms"]:
         best = _by(doc, latency, "KubernetesExecutor best")
         default = _by(doc, latency, "KubernetesExecutor default")
@@ -57,11 +64,14 @@ def headline(doc: dict[str, Any]) -> str:
                 f"| {_ratio(default and default['scheduler_cpu_ms_per_task'], ks['scheduler_cpu_ms_per_task'])} "
                 f"| {_fmt(ks['heartbeat_ms_max'])} "
                 f"| {_ratio(best and best['heartbeat_ms_max'], ks['heartbeat_ms_max'])} "
-                f"| {_ratio(default and default['heartbeat_ms_max'], ks['heartbeat_ms_max'])} |")
+                f"| {_ratio(default and default['heartbeat_ms_max'], ks['heartbeat_ms_max'])} "
+                f"| {_terminal(ks)} "
+                f"| {_ratio(best and best['seconds_to_all_terminal'], ks['seconds_to_all_terminal'])} |")
         for ke in (best, default):
             if ke is not None:
                 rows.append(f"| {latency:.0f} ms | {ke['config']} | {_rate(ke)} | | "
-                            f"| {_fmt(ke['scheduler_cpu_ms_per_task'], 2)} | | | {_fmt(ke['heartbeat_ms_max'])} | | |")
+                            f"| {_fmt(ke['scheduler_cpu_ms_per_task'], 2)} | | | {_fmt(ke['heartbeat_ms_max'])} | | "
+                            f"| {_terminal(ke)} | |")
     return "\n".join(rows)
 
 
@@ -84,8 +94,7 @@ def full_table(doc: dict[str, Any]) -> str:
             rows.append(f"| {latency:.0f} ms | raw client, {c['threads']} threads (ceiling) | {_fmt(c['pods_per_s'])} "
                         "| | | | | | | | | |")
         for r in (r for r in doc["results"] if r["latency_ms"] == latency):
-            done = (f"{_fmt(r['seconds_to_all_terminal'])}" if not r["capped"]
-                    else f"{r['tasks_terminal']}/{r['tasks']} in {_fmt(r['seconds_measured'])}*")
+            done = _terminal(r)
             redis_mb = r["redis_used_memory_mb"]
             rows.append(
                 f"| {latency:.0f} ms | {r['config']} | {_rate(r)} | {done} "
@@ -135,3 +144,26 @@ def update_docs(path: Path, table: str) -> None:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.versus_report <results.json> [--no-docs]``: print the tables (and put them into
+    docs/benchmarks.md) from a results file, the plots' paths being the usual ones."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.versus_report")
+    parser.add_argument("results")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parents[1]
+    images = [repo / "docs" / "img" / f"versus-{n}.png" for n in ("throughput", "scheduler-cpu", "heartbeat")]
+    table = markdown(json.loads(Path(args.results).read_text()), results_file=Path(args.results), images=images)
+    print(table)
+    if not args.no_docs:
+        update_docs(repo / "docs" / "benchmarks.md", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
