@@ -105,6 +105,12 @@ class LaunchTask:
     def pod_name(self) -> str:
         return self.key.pod_name()
 
+    @property
+    def requested_namespace(self) -> str | None:
+        """The namespace the task's pod_override asks for (``metadata.namespace``), if any."""
+        value = ((self.pod_override or {}).get("metadata") or {}).get("namespace")
+        return str(value) if value else None
+
 
 @dataclass(frozen=True, slots=True)
 class RevokeTask:

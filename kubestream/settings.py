@@ -192,6 +192,10 @@ class Settings:
         _namespaces))
     queues: tuple[str, ...] = field(default=("default",), metadata=_doc(
         "Launcher: comma-separated Airflow queues (launch streams) this launcher serves.", _names))
+    allowed_namespaces: tuple[str, ...] = field(default=(), metadata=_doc(
+        "Namespaces a task's `pod_override` may put its pod in (`metadata.namespace`) besides its queue's, as "
+        "the KubernetesExecutor honours it; the watcher watches them too (launchers need RBAC there). Any other "
+        "namespace fails the task with the reason.", _namespaces))
     priority_bands: tuple[int, ...] = field(default=(), metadata=_doc(
         "Executor/launcher: `priority_weight` thresholds of the launch bands, highest first (e.g. `100,10`: "
         "weights >= 100, >= 10, the rest). Launchers read a higher band first, so when launches back up "
@@ -361,6 +365,15 @@ class Settings:
     def namespace_for_queue(self, queue: str) -> str:
         return self.queue_namespace_map().get(queue, self.namespace)
 
+    def namespace_for_launch(self, queue: str, requested: str | None) -> str:
+        """The namespace of a task's pod: the one its ``pod_override`` asks for (``requested``) when that is
+        the queue's or an allowed one, the queue's when it asks for none. ValueError names the refusal."""
+        default = self.namespace_for_queue(queue)
+        if not requested or requested == default or requested in self.allowed_namespaces:
+            return requested or default
+        raise ValueError(f"pod_override namespace {requested!r} is not allowed: queue {queue!r} runs its pods in "
+                         f"{default!r}; allowed_namespaces lists the others ({', '.join(self.allowed_namespaces)})")
+
     def band_for(self, priority_weight: int) -> int | None:
         """The launch band of a task of ``priority_weight``: the index of the first threshold it reaches
         (0 is read first), None for the rest (the queue's plain stream)."""
@@ -378,7 +391,7 @@ class Settings:
     def namespaces_to_watch(self) -> tuple[str, ...]:
         if self.watch_namespaces:
             return self.watch_namespaces
-        return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map().values())))
+        return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map().values(), *self.allowed_namespaces)))
 
     def to_env(self, prefix: str = ENV_PREFIX) -> dict[str, str]:
         """Every setting as a variable ``<prefix><NAME>`` whose value parses back to the same setting

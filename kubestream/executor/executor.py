@@ -193,11 +193,15 @@ class KubeStreamExecutor(BaseExecutor):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
                 msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir)
+                try:
+                    namespace = self.settings.namespace_for_launch(msg.queue, msg.requested_namespace)
+                except ValueError as exc:
+                    raise ExecutorConfigError(str(exc)) from None
                 raw = encode(msg)
                 if len(raw) > self.settings.max_message_bytes:
                     raise ExecutorConfigError(f"the launch message is {len(raw)} bytes, over max_message_bytes="
                                               f"{self.settings.max_message_bytes} (pod_override or template too big)")
-                launches.append((w.ti.key, msg, raw, self.settings.band_for(w.ti.priority_weight or 0)))
+                launches.append((w.ti.key, msg, raw, namespace, self.settings.band_for(w.ti.priority_weight or 0)))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
                 reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
@@ -208,9 +212,8 @@ class KubeStreamExecutor(BaseExecutor):
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for _, msg, raw, band in launches:
-            self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue,
-                                       namespace=self.settings.namespace_for_queue(msg.queue),
+        for _, msg, raw, namespace, band in launches:
+            self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue, namespace=namespace,
                                        dispatch=msg.external_executor_id, digest=message_digest(raw))
             stream = self.keys.launch(msg.queue, band)  # a priority band's stream, or the queue's plain one
             pipe.xadd(stream, self.signer.sign(stream, raw), maxlen=self.settings.launch_maxlen, approximate=True)
@@ -221,7 +224,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
             stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
             return
-        for ti_key, msg, _, _ in launches:
+        for ti_key, msg, *_ in launches:
             del self.queued_tasks[ti_key]
             self.running.add(ti_key)
             if msg.external_executor_id:

@@ -424,8 +424,16 @@ class Launcher:
             log.warning("skipped launch: workload token expired %.0fs ago; Airflow will requeue the task",
                         time.time() - expiry, extra=ctx)
             return
-        # the queue (hence namespace) comes from the stream the entry was read from, never from the message
-        namespace = self.settings.namespace_for_queue(self.keys.queue_of(entry.stream))
+        # the queue (hence its namespace) comes from the stream the entry was read from; a pod_override may
+        # choose another namespace only among this launcher's allowed_namespaces
+        try:
+            namespace = self.settings.namespace_for_launch(self.keys.queue_of(entry.stream), msg.requested_namespace)
+        except ValueError as exc:  # refused, not a poison message: failed, not dead-lettered
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, str(exc)),
+                                   dispatch=msg.external_executor_id)
+            self.metrics.messages.labels("namespace_refused").inc()
+            log.error("launch refused: %s", exc, extra=ctx)
+            return
         try:
             pod = build_pod(key=msg.key, namespace=namespace, image=self.settings.worker_image,
                             workload_json=msg.workload_json, scheduler_id=msg.scheduler_id,
@@ -553,8 +561,13 @@ class Launcher:
             raise
 
     def _revoke(self, msg: RevokeTask, entry: Entry, deadline: float) -> None:
-        """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key)."""
-        namespace = self.settings.namespace_for_queue(self.keys.queue_of(entry.stream))
+        """Delete the revoked dispatch's pod (never a later dispatch's pod of the same key), in the namespace its
+        record names when that is one this launcher may use (a pod_override's), else the queue's."""
+        queue = self.keys.queue_of(entry.stream)
+        try:
+            namespace = self.settings.namespace_for_launch(queue, self.store.record(msg.pod_name).get("namespace"))
+        except ValueError:
+            namespace = self.settings.namespace_for_queue(queue)
         ctx = {"task": str(msg.key), "pod": msg.pod_name, "entry": entry.entry_id}
 
         def delete() -> None:

@@ -90,8 +90,10 @@ def test_check_status_and_wrong_settings_through_the_cli(settings, cluster, comp
     wait_for(lambda: _cli(settings, "launcher", "--check").returncode == 0, timeout=30, what="a healthy launcher")
     redis_client.xadd(keys.dead, {"reason": "decode: test", "task": "x", "m": b""})
     report = json.loads(_cli(settings, "status", "--json").stdout)
-    assert [s["stream"] for s in report["launch_streams"]] == [keys.launch("default")]
-    assert report["launch_streams"][0]["groups"][0]["name"] == LAUNCH_GROUP
+    # the queue's plain stream and its priority bands' (the suite runs with priority_bands=100,10)
+    assert [s["stream"] for s in report["launch_streams"]] == sorted(
+        [keys.launch("default"), keys.launch("default", 0), keys.launch("default", 1)])
+    assert all(s["groups"][0]["name"] == LAUNCH_GROUP for s in report["launch_streams"])
     assert report["dead_letters"]["count"] == 1 and report["watcher_lease"] is None
     table = _cli(settings, "status").stdout
     assert keys.launch("default") in table and "dead letters: 1" in table

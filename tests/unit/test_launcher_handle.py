@@ -176,6 +176,23 @@ def test_a_422_fails_the_task_with_the_apis_message(launcher, pods, redis_client
     assert redis_client.xlen(keys.dead) == 0  # a refused pod is not a poison message
 
 
+def test_a_launch_into_a_namespace_the_launcher_does_not_allow_fails_its_task(launcher, pods, redis_client,
+                                                                             settings, keys) -> None:
+    """The executor refuses such a launch already; a message that asks anyway (another executor's settings,
+    a forged record) meets the launcher's own allowed_namespaces: no pod, the task failed with the reason."""
+    store = TaskStore(redis_client, keys, settings)
+    pipe = redis_client.pipeline(transaction=True)
+    store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace="kube-system", dispatch="d1")
+    pipe.execute()
+    send(redis_client, settings, LaunchTask(KEY, "default", OWNER, "{}", "d1",
+                                            pod_override={"metadata": {"namespace": "kube-system"}}))
+    handle_all(launcher)
+    (event,) = results(redis_client, keys)
+    assert event.state is TaskState.FAILED and "pod_override namespace 'kube-system' is not allowed" in event.reason
+    assert pods.calls_of("create") == [] and pending(redis_client, keys) == 0 and redis_client.xlen(keys.dead) == 0
+    assert launcher.metrics.snapshot()["namespace_refused_total"] == 1
+
+
 FORBIDDEN = 'pods is forbidden: User "kubestream-launcher" cannot create resource "pods"'
 
 

@@ -42,7 +42,8 @@ def test_provider_info_is_valid_for_airflow() -> None:
 
 
 def test_every_option_has_the_type_of_its_setting() -> None:
-    expected = {"int": "integer", "float": "float", "bool": "boolean", "str": "string", "tuple[str, ...]": "string"}
+    expected = {"int": "integer", "float": "float", "bool": "boolean", "str": "string", "tuple[str, ...]": "string",
+                "tuple[int, ...]": "string"}
     assert {f.name: OPTIONS[f.name]["type"] for f in FIELDS} == {f.name: expected[str(f.type)] for f in FIELDS}
     assert OPTIONS["launch_concurrency"]["type"] == "integer" and OPTIONS["create_rate"]["type"] == "float"
     assert OPTIONS["delete_worker_pods"] == {**OPTIONS["delete_worker_pods"], "type": "boolean", "default": "True"}
