@@ -7,8 +7,8 @@
   (``lua/claim_dead.lua``), and the consumer leaves the group once it has
   nothing pending;
 - ``reclaim``: entries idle longer than ``min_idle`` (a launcher alive but stuck,
-  one of an older version without a liveness key, or this one's own left for
-  redelivery) are claimed with XCLAIM, with their delivery counts;
+  or this one's own left for redelivery) are claimed with XCLAIM, with their
+  delivery counts;
 - ``read_new``: new entries, blocking at most ``block_ms``; the streams are given
   in priority order (``Settings.launch_streams``: priority bands first), and a
   read takes what the first streams hold before looking at the next ones;
