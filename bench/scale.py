@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     return {
         "benchmark": "scale", "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python -m bench.scale " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench.scale", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "versions": {p: version(p) for p in ("apache-airflow-core", "kubernetes", "redis")},
         "tasks": args.tasks, "latency_ms": args.latency_ms, "launchers": args.launchers,
