@@ -1,7 +1,10 @@
 """Apply TaskStateChanged events to the executor (the body of sync()).
 
 Rules (docs/architecture.md, "state mapping"):
-- an event for an older try of a task instance this executor runs is ignored;
+- an event for a try this executor runs applies; an event for a try it does not
+  run (anymore) is ignored when it runs a newer try of that task instance (found
+  with one walk of ``running``, only when such an event comes: a sync of events
+  for running tries costs no walk, whatever the number of tasks running);
 - PENDING changes nothing in Airflow; RUNNING sets the task running (with its
   external executor id, when this executor knows it);
 - FAILED fails the task with the reason as info;
@@ -58,13 +61,16 @@ def _newest_tries(running: Iterable[TaskInstanceKeyLike]) -> dict[tuple[str, str
 
 def apply(executor: ResultSink, events: Sequence[TaskStateChanged]) -> None:
     succeeded: list[TaskKey] = []
-    newest = _newest_tries(executor.running)
+    newest: dict[tuple[str, str, str, int], int] | None = None  # walked from running when first needed
     for event in events:
         k = event.key
-        if newest.get((k.dag_id, k.task_id, k.run_id, k.map_index), 0) > k.try_number:
-            executor.log.info("ignoring %s for an older try: %s", event.state.value, event.key)
-            continue
-        ti_key = airflow_key(event.key)
+        ti_key = airflow_key(k)
+        if ti_key not in executor.running:
+            if newest is None:
+                newest = _newest_tries(executor.running)
+            if newest.get((k.dag_id, k.task_id, k.run_id, k.map_index), 0) > k.try_number:
+                executor.log.info("ignoring %s for an older try: %s", event.state.value, event.key)
+                continue
         if event.state is TaskState.RUNNING:
             ext = executor.external_id(ti_key)
             if ext:
