@@ -7,6 +7,7 @@ to one Redis Cluster slot: Lua scripts touch several of them at once.
 drives several: the watcher lease, its checkpoints and the live set are then the
 cluster's own (``{p}:watcher:cluster:<name>:...``); without one they are the
 single-cluster keys. Task records, launch and result streams are shared.
+
 The key table in docs/architecture.md documents each one; keep them in sync.
 """
 
@@ -105,7 +106,7 @@ class Keys:
 
     @property
     def cluster_keys_pattern(self) -> str:
-        """Every watcher key of every named cluster (``cluster_of`` tells which one)."""
+        """Every watcher key of every named cluster (``cluster_lease_of`` picks out the leases)."""
         return f"{self.base}:watcher:cluster:*"
 
     def cluster_lease_of(self, key: str) -> str | None:
