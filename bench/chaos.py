@@ -68,7 +68,7 @@ from typing import Any
 
 import redis
 
-from bench.pipeline import _arm_watchdog, _shield_signals
+from bench.runner import arm_watchdog, shield_signals
 from devkit.chaos_faults import FAULTS, Fault, FaultPlayer, Stage, make_fault
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.components import REPO_ROOT, Components
@@ -639,7 +639,7 @@ def chaos_servers(work: Path) -> Iterator[Servers]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
+    arm_watchdog(args.max_seconds)
     config = ChaosConfig(tasks=args.tasks, submit_seconds=args.submit_seconds, launchers=args.launchers,
                          concurrency=args.concurrency, fail_every=args.fail_every,
                          queued_timeout=args.queued_timeout, drain_timeout=args.drain_timeout,
@@ -662,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       + "".join(f"\n  ERROR {e}" for e in figures.errors)
                       + (f"\n  logs kept in {figures.logs}" if figures.logs else ""), flush=True)
     finally:
-        _shield_signals()
+        shield_signals()
         if phases:
             now = time.gmtime()
             results = args.results or RESULTS_DIR / f"chaos-{time.strftime('%Y%m%dT%H%M%SZ', now)}.json"

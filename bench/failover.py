@@ -68,7 +68,7 @@ from bench.chaos import (
     run_phase,
     source_version,
 )
-from bench.pipeline import _arm_watchdog, _shield_signals
+from bench.runner import arm_watchdog, shield_signals
 from devkit.chaos_faults import Fault, LauncherKill, NoFault, WatcherKill
 from devkit.components import REPO_ROOT
 from devkit.podwatch import PodLedger
@@ -363,7 +363,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
+    arm_watchdog(args.max_seconds)
     config = FailoverConfig(tasks=args.tasks, pod_seconds=args.pod_seconds, submit_seconds=args.submit_seconds,
                             launchers=args.launchers, concurrency=args.concurrency,
                             launcher_kill_every=args.launcher_kill_every, watcher_kill_every=args.watcher_kill_every,
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with chaos_servers(work) as servers:
             run_failover(servers, config, args.phases, log=lambda line: print(line, flush=True), results=results)
     finally:
-        _shield_signals()
+        shield_signals()
         fill_ratios(results)
         if results:
             path = write_outputs(results, config, time.monotonic() - started, command, args.results, args.docs)

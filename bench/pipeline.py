@@ -44,11 +44,8 @@ import argparse
 import gc
 import json
 import os
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -62,6 +59,7 @@ from typing import Any
 import redis
 from kubernetes import client as k8s
 
+from bench.runner import arm_watchdog, run_workdir, shield_signals
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.components import REPO_ROOT, Components
 from devkit.isolated import IsolatedProxy, proxied_kubeconfig, start_kubelet, start_proxy
@@ -81,10 +79,6 @@ RESULTS_FILE = REPO_ROOT / "bench-results" / "pipeline.json"
 VIA = "one HttpFaultProxy (own process) for raw client, launchers and watcher; kubelet direct"
 POLL = 0.05  # sync() polling interval while no result is waiting
 EXECUTOR_BATCH = 2000
-
-
-class BenchAborted(BaseException):
-    """Watchdog or signal: a BaseException so that no `except Exception` on the way swallows it."""
 
 
 # -- the rig: what every phase shares ------------------------------------------------------------------
@@ -482,24 +476,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _shield_signals() -> None:
-    """From here on, let the cleanup finish: the watchdog is off, signals are ignored."""
-    signal.alarm(0)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _arm_watchdog(max_seconds: int) -> None:
-    def abort(signum: int, _frame: Any) -> None:
-        _shield_signals()
-        raise BenchAborted(f"aborted by {signal.Signals(signum).name}"
-                           + (f" after --max-seconds {max_seconds}" if signum == signal.SIGALRM else ""))
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, abort)
-    signal.alarm(max_seconds)
-
-
 def results_json(args: argparse.Namespace, proxied: Throughput, direct: Throughput | None, batch: ExecutorBatch,
                  completions: Completions, seconds: float) -> dict[str, Any]:
     return {
@@ -515,17 +491,15 @@ def results_json(args: argparse.Namespace, proxied: Throughput, direct: Throughp
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
+    arm_watchdog(args.max_seconds)
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="kubestream-bench-"))
-    os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    ok = False
-    try:
+    with run_workdir("kubestream-bench-") as work:
+        os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
+        os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
         with ExitStack() as stack:
             local, cluster, redis_url = stack.enter_context(local_servers(work))
             rig = stack.enter_context(bench_rig(local, cluster, redis_url, work, latency_ms=args.latency_ms))
-            stack.callback(_shield_signals)  # runs first on the way out
+            stack.callback(shield_signals)  # runs first on the way out
             sizes = {"pods": args.pods, "rounds": args.rounds, "launchers": args.launchers,
                      "concurrency": args.concurrency}
             proxied = throughput_phase(rig, proxied=True, **sizes)
@@ -537,14 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         RESULTS_FILE.parent.mkdir(exist_ok=True)
         RESULTS_FILE.write_text(json.dumps(results, indent=2))
-        ok = True
-        return 0
-    finally:
-        _shield_signals()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

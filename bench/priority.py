@@ -25,10 +25,8 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,7 +34,8 @@ from pathlib import Path
 
 import redis
 
-from bench.pipeline import Rig, _arm_watchdog, _shield_signals, bench_rig, local_servers
+from bench.pipeline import Rig, bench_rig, local_servers
+from bench.runner import arm_watchdog, run_workdir
 from devkit.pipeline import Pipeline
 from devkit.podwatch import SENTINEL, PodLedger
 from devkit.probe import Streams
@@ -137,34 +136,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
-    work = Path(tempfile.mkdtemp(prefix="kubestream-priority-"))
-    os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    arm_watchdog(args.max_seconds)
     task_weights = weights(args.tasks)
     sizes = {"create_rate": args.create_rate, "launchers": args.launchers, "concurrency": args.concurrency,
              "batch": args.batch, "batch_interval": args.batch_interval}
-    ok = False
-    try:
+    with run_workdir("kubestream-priority-") as work:
+        os.environ["AIRFLOW_HOME"] = str(work / "airflow")  # before anything imports airflow
+        os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
         with local_servers(work) as (local, cluster, redis_url), \
                 bench_rig(local, cluster, redis_url, work, latency_ms=0) as rig:
             phases = [run_phase(rig, "fifo", "", task_weights, **sizes),
                       run_phase(rig, "bands", args.bands, task_weights, **sizes)]
-        _shield_signals()
         results = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": {
             k: str(v) for k, v in vars(args).items()}, "phases": [asdict(p) for p in phases]}
         print(table(phases))
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         print(f"results: {args.results}")
-        ok = True
-        return 0
-    finally:
-        _shield_signals()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

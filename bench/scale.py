@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -42,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.versus import BenchAborted, _arm_watchdog, _default_signals, _log, _shield_signals
+from bench.runner import BenchAborted, arm_watchdog, run_workdir, shield_signals
+from bench.versus import _default_signals, _log
 from devkit.components import REPO_ROOT
 from devkit.postgres import PostgresServer
 
@@ -377,13 +376,11 @@ def update_docs(path: Path, table: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
+    arm_watchdog(args.max_seconds)
     os.register_at_fork(after_in_child=_default_signals)
-    work = Path(tempfile.mkdtemp(prefix="kubestream-scale-"))
-    ok = False
-    try:
+    with run_workdir("kubestream-scale-") as work:
         doc = run(args, work)
-        _shield_signals()
+        shield_signals()
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"scale-{doc['generated'].replace(':', '').replace('-', '')}.json"
@@ -393,14 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_docs:
             update_docs(DOCS, table)
         _log(f"results in {path}; {doc['bench_seconds']} s")
-        ok = True
-        return 0
-    finally:
-        _shield_signals()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,10 +32,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -43,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.runner import arm_watchdog, run_workdir, shield_signals
 from devkit.components import REPO_ROOT
 from devkit.postgres import PostgresServer
 
@@ -52,10 +51,6 @@ IMAGES = REPO_ROOT / "docs" / "img"
 VIA = ("one TCP latency proxy per latency (devkit.tcplatency: each client->server chunk delayed, connections "
        "kept, TLS passed through) for the raw client, launchers, watcher and every KubernetesExecutor connection; "
        "simulated kubelet and pod observer direct")
-
-
-class BenchAborted(BaseException):
-    """Watchdog or signal: a BaseException so that no `except Exception` on the way swallows it."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -75,22 +70,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _numbers(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _shield_signals() -> None:
-    signal.alarm(0)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _arm_watchdog(max_seconds: int) -> None:
-    def abort(signum: int, _frame: Any) -> None:
-        _shield_signals()
-        raise BenchAborted(f"aborted by {signal.Signals(signum).name}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, abort)
-    signal.alarm(max_seconds)
 
 
 def _log(message: str) -> None:
@@ -182,13 +161,11 @@ def _default_signals() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _arm_watchdog(args.max_seconds)
+    arm_watchdog(args.max_seconds)
     os.register_at_fork(after_in_child=_default_signals)
-    work = Path(tempfile.mkdtemp(prefix="kubestream-versus-"))
-    ok = False
-    try:
+    with run_workdir("kubestream-versus-") as work:
         doc = run(args, work)
-        _shield_signals()
+        shield_signals()
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"versus-{doc['generated'].replace(':', '').replace('-', '')}.json"
@@ -202,14 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_docs:
             update_docs(DOCS, table)
         _log(f"results in {path}; plots {', '.join(str(i) for i in images)}; {doc['bench_seconds']} s")
-        ok = True
-        return 0
-    finally:
-        _shield_signals()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
