@@ -99,16 +99,37 @@ class _WithoutCreated(Collector):
             yield family
 
 
-class Heartbeat:
+class _KeptKey:
+    """A Redis key a daemon thread (``_run``, until ``_stop`` is set) keeps refreshed; ``stop()`` ends the
+    thread and deletes the key."""
+
+    def __init__(self, client: redis.Redis, key: str, thread_name: str) -> None:
+        self.client, self.key = client, key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError:
+            pass
+
+
+class Heartbeat(_KeptKey):
     """Refreshes the component's health key from a daemon thread."""
 
     def __init__(self, client: redis.Redis, key: str, ttl: float, metrics: Metrics,
                  extra: Callable[[], dict[str, str]] | None = None) -> None:
-        self.client, self.key, self.ttl, self.metrics, self.extra = client, key, ttl, metrics, extra
+        super().__init__(client, key, "heartbeat")
+        self.ttl, self.metrics, self.extra = ttl, metrics, extra
         self.last_ok = 0.0
         self.last_progress = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def progress(self) -> None:
         """Called by the main loop each time round: it is alive and not stuck."""
@@ -136,15 +157,6 @@ class Heartbeat:
     def healthy(self) -> bool:
         return time.monotonic() - self.last_ok < self.ttl and not self.stalled()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        try:
-            self.client.delete(self.key)
-        except redis.RedisError:
-            pass
-
     def _run(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             if self.stalled():
@@ -157,29 +169,19 @@ class Heartbeat:
                 log.warning("heartbeat failed: %s", exc, extra={"health_key": self.key})
 
 
-class Liveness:
+class Liveness(_KeptKey):
     """Keeps ``key`` alive (SET PX ``ttl``) from a daemon thread until ``stop()``, which deletes it so
     that others take over at once. The first write happens in ``start()``: when it returns, the key
     exists (or Redis is unreachable, and ``start`` raises)."""
 
     def __init__(self, client: redis.Redis, key: str, ttl: float) -> None:
-        self.client, self.key, self.ms = client, key, int(ttl * 1000)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+        super().__init__(client, key, "liveness")
+        self.ms = int(ttl * 1000)
 
     def start(self) -> Liveness:
         self.client.set(self.key, f"{time.time():.3f}", px=self.ms)
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        try:
-            self.client.delete(self.key)
-        except redis.RedisError:
-            pass
 
     def _run(self) -> None:
         while not self._stop.wait(self.ms / 3000):
