@@ -421,7 +421,9 @@ def test_a_standby_relists_from_its_warm_list_when_it_takes_over_without_a_check
         redis_client.delete(keys.watcher_lease)  # the leader's lease expired
         wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")], timeout=30,
                  what="the takeover's relist")
-        snapshot = standby.metrics.snapshot()
+        # counted once the relist has also checked for vanished pods and checkpointed
+        snapshot = wait_for(lambda: "relists_warm_total" in (s := standby.metrics.snapshot()) and s, timeout=30,
+                            what="the relist counted")
         assert snapshot["relists_warm_total"] == 1 and "relists_api_total" not in snapshot
         assert len(pods.calls_of("list")) == lists + 1  # the one limit=1 list reading the current resourceVersion
 
@@ -440,7 +442,9 @@ def test_a_warm_list_that_lags_is_not_trusted_for_the_takeover(settings, pods, r
         # from a stale copy the pod would be published Pending; listed from the apiserver it is Running
         wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")], timeout=30,
                  what="the takeover's relist from the apiserver")
-        snapshot = standby.metrics.snapshot()
+        # counted once the relist has also checked for vanished pods and checkpointed
+        snapshot = wait_for(lambda: "relists_api_total" in (s := standby.metrics.snapshot()) and s, timeout=30,
+                            what="the relist counted")
         assert snapshot["relists_api_total"] == 1 and "relists_warm_total" not in snapshot
 
 
