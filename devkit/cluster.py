@@ -214,6 +214,8 @@ class LocalCluster:
             "--service-cluster-ip-range=10.96.0.0/24",
             "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none", "--profiling=false",
+            # pods/log and exec are proxied to the node's InternalIP (the simulated kubelet's or a real one's)
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
             "--logtostderr=true", "--v=0",
         ], d / "apiserver.log")

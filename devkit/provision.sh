@@ -5,6 +5,7 @@
 #   - kube-apiserver and kubectl, built once from Debian's `kubernetes` source package and
 #     cached outside the repository, keyed by the Debian source version
 #     ($CACHE_ROOT/kube-apiserver-<version>/, $CACHE_ROOT/kubectl-<version>/, and the link
+#     $CACHE_ROOT/kubelet-<version>/ (the real-node tier), and the link
 #     $CACHE_ROOT/bin/kubectl to the current kubectl, which tests/unit/test_manifests.py renders k8s/ with).
 # Prints the path of the cached kube-apiserver binary on its last line.
 # Idempotent: a second run with everything present installs and builds nothing.
@@ -72,6 +73,8 @@ version=$(apt-cache showsrc kubernetes 2>/dev/null | awk '/^Version:/{print $2; 
 [ -n "$version" ] || die "apt-cache showsrc kubernetes found no source package"
 bin="${apiserver_override:-$CACHE_ROOT/kube-apiserver-$version/kube-apiserver}"
 kubectl_bin="$CACHE_ROOT/kubectl-$version/kubectl"
+# the kubelet of the real-node tier (devkit/realnode.py), from the same source package
+kubelet_bin="$CACHE_ROOT/kubelet-$version/kubelet"
 
 link_kubectl() {
   # $CACHE_ROOT/bin/kubectl -> the kubectl of this version (replaced atomically)
@@ -85,12 +88,13 @@ missing_targets() {
   local targets=()
   [ -x "$bin" ] || targets+=(cmd/kube-apiserver)
   [ -x "$kubectl_bin" ] || targets+=(cmd/kubectl)
+  [ -x "$kubelet_bin" ] || targets+=(cmd/kubelet)
   echo "${targets[*]}"
 }
 
 if [ -z "$(missing_targets)" ]; then
   link_kubectl
-  log "cached kube-apiserver and kubectl $version"
+  log "cached kube-apiserver, kubectl and kubelet $version"
   echo "$bin"; exit 0
 fi
 
@@ -102,7 +106,7 @@ targets=$(missing_targets)   # a concurrent run may have built some
 if [ -n "$targets" ]; then
   work=$(mktemp -d "$CACHE_ROOT/build.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  log "building $targets from Debian source kubernetes $version (kube-apiserver about 7 minutes on 2 cores, kubectl about 3)"
+  log "building $targets from Debian source kubernetes $version (kube-apiserver about 7 minutes on 2 cores, kubectl and kubelet about 3 each)"
   ( cd "$work" && apt-get source --download-only -qq kubernetes >&2 ) || die "apt-get source kubernetes failed"
   orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n1)
   mkdir "$work/src"
@@ -111,7 +115,11 @@ if [ -n "$targets" ]; then
   ( cd "$work/src" && HOME="$work/home" GOFLAGS= make WHAT="$targets" >&2 ) || die "build of $targets failed"
   for target in $targets; do
     name=${target#cmd/}
-    dest=$bin; [ "$name" = kubectl ] && dest=$kubectl_bin
+    case "$name" in
+      kubectl) dest=$kubectl_bin ;;
+      kubelet) dest=$kubelet_bin ;;
+      *) dest=$bin ;;
+    esac
     mkdir -p "$(dirname "$dest")"
     cp "$work/src/_output/bin/$name" "$dest.tmp"
     mv "$dest.tmp" "$dest"
