@@ -133,6 +133,25 @@ def to_api_dict(obj: Any) -> dict[str, Any]:
     return data
 
 
+class ModelCodec:
+    """Model objects <-> API JSON with one connection-less ApiClient, built once (the scheduler converts
+    a pod both ways for every task when a ``pod_mutation_hook`` is set)."""
+
+    def __init__(self) -> None:
+        self._api = client.ApiClient()
+
+    def to_dict(self, obj: Any) -> dict[str, Any]:
+        """``obj`` (``V1Pod``...) as API JSON: camelCase keys, None fields dropped."""
+        data = self._api.sanitize_for_serialization(obj)
+        if not isinstance(data, dict):
+            raise TypeError(f"{type(obj).__name__} does not serialize to an object")
+        return data
+
+    def from_dict(self, data: dict[str, Any], kind: str) -> Any:
+        """API JSON as the model class ``kind`` (``"V1Pod"``), as the client deserializes a response."""
+        return self._api._ApiClient__deserialize(data, kind)  # the client's own, not public
+
+
 def _send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a client method without reading its answer; errors as ApiError.
 

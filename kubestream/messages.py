@@ -29,8 +29,9 @@ import msgpack
 
 from kubestream.taskkey import TaskKey
 
-SCHEMA_VERSION = 1
-"""The version this build writes its commands (launch, revoke) at: the newest it reads."""
+SCHEMA_VERSION = 2
+"""The version this build writes its commands (launch, revoke) at: the newest it reads.
+2: ``LaunchTask.pod_mutation`` (the effect of Airflow's ``pod_mutation_hook``)."""
 FIRST_VERSION = 1  # no message ever carried an older one
 FIELD = b"m"
 
@@ -50,13 +51,14 @@ def _as_is(data: MessageMap) -> MessageMap:
 # bump to N+1: add N+1 (``_as_is``), give N a real upgrade (rename, default, convert what changed), drop
 # N-1; ``_DOWNGRADES`` gets the N entry (this build's event fields written as N) and drops N-1.
 # ``test_core`` checks both tables against the rule.
-_UPGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is}
+# 1 -> 2: version 1 has no ``pod_mutation`` (None, the default): 1 reads as is.
+_UPGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is, 2: _as_is}
 READABLE_VERSIONS = tuple(sorted(_UPGRADES))
 
 # Events (``state``: launchers and watcher -> schedulers) are written at the oldest readable version, so a
 # scheduler one version behind still reads what upgraded launchers and watchers write.
 EVENT_VERSION = min(READABLE_VERSIONS)
-_DOWNGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is}
+_DOWNGRADES: dict[int, Callable[[MessageMap], MessageMap]] = {1: _as_is}  # 2 changed no event field
 
 
 class DecodeError(ValueError):
@@ -99,6 +101,9 @@ class LaunchTask:
     external_executor_id: str = ""
     pod_override: dict[str, Any] | None = None  # V1Pod as API JSON (camelCase)
     pod_template: dict[str, Any] | None = None  # executor_config pod_template_file, loaded
+    # JSON merge patch (RFC 7386, kubestream.mergepatch) of the scheduler's pod_mutation_hook: the launcher applies
+    # it to the pod it builds, before its pod policy; identity fields are re-asserted after it (podspec.build_pod)
+    pod_mutation: dict[str, Any] | None = None
     type: str = field(default="launch", init=False)
 
     @property
@@ -107,9 +112,14 @@ class LaunchTask:
 
     @property
     def requested_namespace(self) -> str | None:
-        """The namespace the task's pod_override asks for (``metadata.namespace``), if any."""
-        value = ((self.pod_override or {}).get("metadata") or {}).get("namespace")
-        return str(value) if value else None
+        """The namespace the task asks for (``metadata.namespace``), if any: the pod_mutation_hook's, which runs
+        last (as in the KubernetesExecutor), else the pod_override's."""
+        for pod in (self.pod_mutation, self.pod_override):
+            meta = (pod or {}).get("metadata")
+            value = meta.get("namespace") if isinstance(meta, dict) else None
+            if value:
+                return str(value)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +239,7 @@ def _check_types(message: Message) -> None:
         value = getattr(message, name, None)
         if value is not None and not isinstance(value, typ):
             raise TypeError(f"{name} must be {typ.__name__}")
-    for name in ("pod_override", "pod_template"):
+    for name in ("pod_override", "pod_template", "pod_mutation"):
         value = getattr(message, name, None)
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a map")
@@ -250,7 +260,7 @@ _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 
 def redact(raw: bytes) -> bytes:
     """A stream entry's message as it may be kept at rest (dead letters): the workload's token and the env
-    values of pod_override / pod_template replaced by ``<redacted>``. An entry that is not a readable map
+    values of pod_override / pod_template / pod_mutation replaced by ``<redacted>``. An entry that is not a readable map
     keeps only its size and digest (it may hold anything)."""
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
@@ -268,7 +278,7 @@ def redact(raw: bytes) -> bytes:
             data["workload_json"] = json.dumps(parsed)
         except ValueError:
             data["workload_json"] = REDACTED
-    for name in ("pod_override", "pod_template"):
+    for name in ("pod_override", "pod_template", "pod_mutation"):
         pod = data.get(name)
         spec = pod.get("spec") if isinstance(pod, dict) else None
         containers = [c for list_name in _CONTAINER_LISTS if isinstance(spec, dict)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -11,6 +12,9 @@ from kubestream.executor.airflowtypes import WorkloadLike
 from kubestream.messages import LaunchTask
 from kubestream.taskkey import TaskKey
 from kubestream.workers.policyload import template_file_allowed
+
+if TYPE_CHECKING:
+    from kubestream.executor.mutation import PodMutation
 
 
 class ExecutorConfigError(ValueError):
@@ -66,11 +70,14 @@ def executor_config_parts(
     return (pod_to_dict(override) if override is not None else None), template
 
 
-def launch_message(workload: WorkloadLike, scheduler_id: str, template_dir: str = "") -> LaunchTask:
-    """The LaunchTask for one ExecuteTask workload."""
+def launch_message(workload: WorkloadLike, scheduler_id: str, template_dir: str = "", *,
+                   mutation: PodMutation | None = None) -> LaunchTask:
+    """The LaunchTask for one ExecuteTask workload; with ``mutation`` (the deployment's pod_mutation_hook) it
+    carries the hook's changes to the task's pod as ``pod_mutation``.
+    Raises ExecutorConfigError (a refused namespace, an invalid pod) or PodMutationHookError (the hook raised)."""
     ti = workload.ti
     override, template = executor_config_parts(ti.executor_config, template_dir)
-    return LaunchTask(
+    msg = LaunchTask(
         key=task_key(ti.key),
         queue=ti.queue or "default",
         scheduler_id=scheduler_id,
@@ -79,3 +86,10 @@ def launch_message(workload: WorkloadLike, scheduler_id: str, template_dir: str 
         pod_override=override,
         pod_template=template,
     )
+    if mutation is None:
+        return msg
+    try:
+        namespace = mutation.settings.namespace_for_launch(msg.queue, msg.requested_namespace)
+    except ValueError as exc:
+        raise ExecutorConfigError(str(exc)) from None
+    return replace(msg, pod_mutation=mutation.patch(msg, namespace))

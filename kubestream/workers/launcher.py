@@ -438,7 +438,7 @@ class Launcher:
             pod = build_pod(key=msg.key, namespace=namespace, image=self.settings.worker_image,
                             workload_json=msg.workload_json, scheduler_id=msg.scheduler_id,
                             template=msg.pod_template or self.template, pod_override=msg.pod_override,
-                            key_prefix=self.settings.key_prefix)
+                            key_prefix=self.settings.key_prefix, pod_mutation=msg.pod_mutation)
         except PodSpecError as exc:
             self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, f"invalid pod spec: {exc}"),
                                    dead_reason=f"pod spec: {exc}", raw=entry.raw, dispatch=msg.external_executor_id)

@@ -17,12 +17,18 @@ from typing import Any
 
 import yaml
 
+from kubestream import mergepatch
 from kubestream.taskkey import MANAGED_LABEL, PREFIX_ANNOTATION, TaskKey, task_annotations
 
-__all__ = ["PodSpecError", "build_pod", "load_template_yaml", "merge_pods", "safe_label_value", "task_labels"]
+__all__ = ["WORKLOAD_PLACEHOLDER", "PodSpecError", "build_pod", "conceal_workload", "load_template_yaml", "merge_pods",
+           "safe_label_value", "task_labels"]
 
 BASE_CONTAINER = "base"
 EXECUTE_WORKLOAD = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string"]
+WORKLOAD_PLACEHOLDER = "<kubestream:workload>"
+"""Stands for the task's workload JSON in a ``pod_mutation``: its token never travels twice, and a hook
+that rewrites the containers still runs this task's workload (``build_pod`` puts it back)."""
+_COMMAND_FIELDS = ("command", "args")
 
 _LABEL_MAX = 63
 _LABEL_HASH_LEN = 9
@@ -288,6 +294,7 @@ def build_pod(
     pod_override: Pod | None,
     airflow_version: str | None = None,
     key_prefix: str = "",
+    pod_mutation: Pod | None = None,
 ) -> Pod:
     """The worker pod for ``key``, like the provider's ``construct_pod``.
 
@@ -301,6 +308,12 @@ def build_pod(
     template/override values (other labels/annotations are kept).
     ``restartPolicy`` defaults to ``"Never"``. ``key_prefix`` (the launcher's) is written as the
     ``kubestream.io/key-prefix`` annotation: another kubestream sharing the namespace leaves the pod alone.
+
+    ``pod_mutation`` (the scheduler's ``pod_mutation_hook`` as a JSON merge patch) is applied to the merged
+    pod, as the provider runs the hook after its merge; then ``WORKLOAD_PLACEHOLDER`` becomes
+    ``workload_json`` again, a ``base`` container the patch left without an image gets ``image``, and the
+    identity above is re-asserted (name, namespace, task labels and annotations): a patch cannot move,
+    rename or disown a pod. A result that is no valid pod raises :class:`PodSpecError`.
     """
     tmpl = _normalize(template, "template")
     override = _normalize(pod_override, "pod_override")
@@ -328,6 +341,8 @@ def build_pod(
     }
     layers = [p for p in (tmpl, dynamic, override) if p is not None]
     pod = reduce(merge_pods, layers)
+    if pod_mutation is not None:
+        pod = _mutated(pod, pod_mutation, workload_json, image)
     meta = pod.setdefault("metadata", {})
     meta["name"] = key.pod_name()
     meta["namespace"] = namespace
@@ -337,6 +352,39 @@ def build_pod(
     if not spec.get("restartPolicy"):
         spec["restartPolicy"] = "Never"
     return {"apiVersion": "v1", "kind": "Pod", **pod}  # _check_kind: any set ones match
+
+
+def _containers_of(pod: Pod) -> list[dict[str, Any]]:
+    spec = pod.get("spec") or {}
+    return [c for name in ("containers", "initContainers") for c in spec.get(name) or [] if isinstance(c, dict)]
+
+
+def _swap_in_commands(pod: Pod, old: str, new: str) -> None:
+    for container in _containers_of(pod):
+        for name in _COMMAND_FIELDS:
+            items = container.get(name)
+            if isinstance(items, list):
+                container[name] = [new if item == old else item for item in items]
+
+
+def conceal_workload(pod: Pod, workload_json: str) -> Pod:
+    """A copy of ``pod`` whose command/args items equal to ``workload_json`` read ``WORKLOAD_PLACEHOLDER``."""
+    out = copy.deepcopy(pod)
+    _swap_in_commands(out, workload_json, WORKLOAD_PLACEHOLDER)
+    return out
+
+
+def _mutated(pod: Pod, pod_mutation: Pod, workload_json: str, image: str) -> Pod:
+    if not isinstance(pod_mutation, dict):
+        raise PodSpecError(f"pod_mutation must be a mapping, got {type(pod_mutation).__name__}")
+    out = _normalize(mergepatch.apply(pod, pod_mutation), "pod_mutation")
+    _check_kind(out, "pod_mutation")
+    assert out is not None  # apply() of a mapping is a mapping
+    _swap_in_commands(out, WORKLOAD_PLACEHOLDER, workload_json)
+    for container in (out.get("spec") or {}).get("containers") or []:
+        if container.get("name") == BASE_CONTAINER and not container.get("image") and image:
+            container["image"] = image
+    return out
 
 
 def load_template_yaml(text: str) -> Pod:
