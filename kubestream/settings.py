@@ -123,6 +123,17 @@ def _namespace(raw: str) -> str:
     return values[0]
 
 
+_REASON = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,99}$")
+
+
+def _reasons(raw: str) -> tuple[str, ...]:
+    values = _csv(raw)
+    for value in values:
+        if not _REASON.match(value):
+            raise ValueError(f"{value!r} is not a container reason (letters and digits, e.g. ErrImagePull)")
+    return values
+
+
 def _redis_url(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^(redis|rediss|unix)://", value):
@@ -287,6 +298,16 @@ class Settings:
     reconcile_seconds: float = field(default=60.0, metadata=_doc(
         "Executor: how often `running` is checked against the task records in Redis; a task whose record "
         "vanished (Redis lost its data) is reported with the state it wrote to the Airflow DB.", _float(1)))
+    pod_launch_failure_retries: int = field(default=1, metadata=_doc(
+        "Executor: times a task whose pod failed before the task process started (its task instance still "
+        "queued in the Airflow DB: image pull error, CreateContainerConfigError, admission denial, node gone) "
+        "is launched again without consuming a task try, as the KubernetesExecutor's `[kubernetes_executor] "
+        "pod_launch_failure_retries`. -1: no limit (a pod that can never start is launched forever), 0: off.",
+        _int(-1)))
+    pod_launch_failure_excluded_container_reasons: tuple[str, ...] = field(default=("Error",), metadata=_doc(
+        "Executor: comma-separated container reasons never launched again (the failure is reported and "
+        "consumes a try). `Error`: the container ran and exited before its task told Airflow it runs. Empty: "
+        "none excluded.", _reasons))
     janitor_interval_seconds: float = field(default=300.0, metadata=_doc(
         "Janitor: seconds between runs of each maintenance job (the janitor's rq scheduler enqueues them).", _float(1)))
     stale_after_seconds: float = field(default=3600.0, metadata=_doc(

@@ -14,17 +14,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import redis
 from airflow._shared.observability.metrics import stats  # the Stats facade BaseExecutor reports through
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
-from kubestream.executor import results
+from kubestream.executor import relaunch, results
 from kubestream.executor.config import check_team_prefix, prefixes_taken, settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
-from kubestream.executor.mutation import PodMutation, PodMutationHookError
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
 from kubestream.redisconn import connect, eviction_warning
@@ -69,6 +67,7 @@ class KubeStreamExecutor(BaseExecutor):
         self._cursor = "0"  # first our own pending results (a restart), then new ones
         self._external_ids: dict[Any, str] = {}
         self._adopt_later: list[TaskInstance] = []  # adoptions a Redis outage interrupted
+        self.relauncher: relaunch.Relauncher | None = None  # pod_launch_failure_retries; made in start()
         self._next_reconcile = 0.0
         self._token = uuid.uuid4().hex  # this process's claim on its scheduler_id
         self.signer: Signer | Unsigned = Unsigned()  # replaced in start()
@@ -102,6 +101,8 @@ class KubeStreamExecutor(BaseExecutor):
         if isinstance(self.signer, Unsigned):
             self.log.warning("%s", UNSIGNED_WARNING)
         self.store = TaskStore(self.redis, self.keys, self.settings, self.signer)
+        self.relauncher = relaunch.Relauncher(self.redis, self.store, self.keys, self.settings, self.signer, self.log,
+                                              count=self._count_relaunch)
         self._claim_scheduler_id()
         self._ensure_group()
         warning = eviction_warning(self.redis)
@@ -110,6 +111,9 @@ class KubeStreamExecutor(BaseExecutor):
         self._next_reconcile = time.monotonic() + self.settings.reconcile_seconds
         self.log.info("kubestream executor started: scheduler_id=%s results=%s%s", self.scheduler_id,
                       self.results_stream, f" team={self.team_name}" if self.team_name else "")
+
+    def _count_relaunch(self, reason_class: str) -> None:
+        stats.incr(f"{STAT}pod_launch_relaunches", tags={**(self._stat_tags or {}), "reason": reason_class})
 
     def _claim_scheduler_id(self) -> None:
         """Refuse to run beside a live scheduler with the same ``scheduler_id`` (both would read one result
@@ -184,12 +188,6 @@ class KubeStreamExecutor(BaseExecutor):
             self.redis.close()
 
     # -- dispatch -------------------------------------------------------------------------------
-    @cached_property
-    def _pod_mutation(self) -> PodMutation | None:
-        """The deployment's pod_mutation_hook, looked for once (at the first dispatch); None: no hook."""
-        assert self.settings is not None
-        return PodMutation.for_airflow(self.settings)
-
     def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
         from airflow.executors.workloads import ExecuteTask
 
@@ -200,7 +198,7 @@ class KubeStreamExecutor(BaseExecutor):
             if not isinstance(w, ExecuteTask):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
-                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir, mutation=self._pod_mutation)
+                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir)
                 try:
                     namespace = self.settings.namespace_for_launch(msg.queue, msg.requested_namespace)
                 except ValueError as exc:
@@ -211,8 +209,7 @@ class KubeStreamExecutor(BaseExecutor):
                                               f"{self.settings.max_message_bytes} (pod_override or template too big)")
                 launches.append((w.ti.key, msg, raw, namespace, self.settings.band_for(w.ti.priority_weight or 0)))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
-                reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else str(exc) \
-                    if isinstance(exc, PodMutationHookError) else \
+                reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
                 self.log.error("%s: %s", w.ti.key, reason)
                 del self.queued_tasks[w.ti.key]
@@ -233,8 +230,10 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
             stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
             return
-        for ti_key, msg, *_ in launches:
+        for ti_key, msg, _, namespace, band in launches:
             del self.queued_tasks[ti_key]
+            if self.relauncher is not None:
+                self.relauncher.remember(ti_key, msg, namespace, band)
             self.running.add(ti_key)
             if msg.external_executor_id:
                 self._external_ids[ti_key] = msg.external_executor_id
@@ -276,7 +275,7 @@ class KubeStreamExecutor(BaseExecutor):
             self._dead_letter(eid, reason, dict(entries)[eid])
         if bad:
             stats.incr(f"{STAT}results_dead_lettered", count=len(bad), tags=self._stat_tags)
-        results.apply(self, events)
+        results.apply(self, events, self.relauncher)
         stats.incr(f"{STAT}results_applied", count=len(events), tags=self._stat_tags)
         published = [e.at for e in events if e.at > 0]
         if published:  # the oldest result of the batch: how far behind the pods this scheduler is
@@ -368,6 +367,8 @@ class KubeStreamExecutor(BaseExecutor):
         super().change_state(key, state, info, remove_running)
         if remove_running:
             self._external_ids.pop(key, None)
+            if self.relauncher is not None:
+                self.relauncher.forget(key)
 
     def task_states_from_db(self, keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
         """The state each task wrote to the Airflow DB (one query)."""
@@ -423,7 +424,7 @@ class KubeStreamExecutor(BaseExecutor):
             return
         queue = ti.queue or "default"
         revoke = RevokeTask(key=key, queue=queue, reason="revoked by the scheduler",
-                            external_executor_id=ti.external_executor_id or "")
+                            external_executor_id=self._current_dispatch(ti) or "")
         try:
             pipe = self.redis.pipeline(transaction=True)  # the flag and the command, both or neither
             self.store.revoke([key.pod_name()], pipe)
@@ -433,6 +434,23 @@ class KubeStreamExecutor(BaseExecutor):
             pipe.execute()
         except redis.RedisError as exc:
             self.log.warning("could not record revoke of %s: %s", ti.key, exc)
+
+    def _current_dispatch(self, ti: TaskInstance) -> str | None:
+        """The dispatch a revoke names: a relaunch's (``pod_launch_failure_retries``) when the task record
+        holds one of ``ti``'s dispatch (kept in memory, else read: after a restart), else ``ti``'s."""
+        dispatch = ti.external_executor_id
+        if self.relauncher is not None:
+            current = self.relauncher.dispatch_of(ti.key)
+            self.relauncher.forget(ti.key)
+            if current:
+                return current
+        if self.redis is None or self.keys is None:
+            return dispatch
+        try:
+            record = as_text(self.redis.hget(self.keys.task(task_key(ti.key).pod_name()), "dispatch"))
+        except redis.RedisError:
+            return dispatch
+        return record if dispatch and relaunch.original_dispatch(record) == dispatch else dispatch
 
     def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
         """What kubestream knows of the task's pod, from Redis (the scheduler and API server

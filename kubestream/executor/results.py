@@ -7,7 +7,9 @@ Rules (docs/architecture.md, "state mapping"):
   for running tries costs no walk, whatever the number of tasks running);
 - PENDING changes nothing in Airflow; RUNNING sets the task running (with its
   external executor id, when this executor knows it);
-- FAILED fails the task with the reason as info;
+- FAILED fails the task with the reason as info, unless the pod failed before the task process
+  started and ``relaunch`` launches it again (``kubestream.executor.relaunch``: the task instance is
+  still QUEUED in the Airflow DB, one query per sync for all such events);
 - SUCCEEDED means the pod's process exited 0, which the workload does even
   when the task failed: the executor reports the state the task wrote to the
   Airflow DB (one query per sync for all such events), as the
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from kubestream.executor.airflowtypes import ResultSink, TaskInstanceKeyLike
 from kubestream.executor.launches import airflow_key
+from kubestream.executor.relaunch import Relauncher
 from kubestream.messages import DecodeError, TaskState, TaskStateChanged, decode
 from kubestream.signing import SignatureError, Signer, Unsigned
 from kubestream.taskkey import TaskKey
@@ -59,8 +62,9 @@ def _newest_tries(running: Iterable[TaskInstanceKeyLike]) -> dict[tuple[str, str
     return newest
 
 
-def apply(executor: ResultSink, events: Sequence[TaskStateChanged]) -> None:
+def apply(executor: ResultSink, events: Sequence[TaskStateChanged], relauncher: Relauncher | None = None) -> None:
     succeeded: list[TaskKey] = []
+    launch_failures: list[TaskStateChanged] = []
     newest: dict[tuple[str, str, str, int], int] | None = None  # walked from running when first needed
     for event in events:
         k = event.key
@@ -72,16 +76,39 @@ def apply(executor: ResultSink, events: Sequence[TaskStateChanged]) -> None:
                 executor.log.info("ignoring %s for an older try: %s", event.state.value, event.key)
                 continue
         if event.state is TaskState.RUNNING:
+            if relauncher is not None:
+                relauncher.forget(ti_key)  # its container started: a failure from now on is reported
             ext = executor.external_id(ti_key)
             if ext:
                 executor.running_state(ti_key, info=ext)
         elif event.state is TaskState.FAILED:
+            if relauncher is not None and relauncher.knows(ti_key):
+                launch_failures.append(event)
+                continue
             executor.log.info("task failed: %s: %s (pod %s)", event.key, event.reason, event.pod_name)
             executor.fail(ti_key, info=event.reason or None)
         elif event.state is TaskState.SUCCEEDED:
             succeeded.append(event.key)
+    if launch_failures and relauncher is not None:
+        relaunch_or_fail(executor, relauncher, launch_failures)
     if succeeded:
         report_db_states(executor, succeeded)
+
+
+def relaunch_or_fail(executor: ResultSink, relauncher: Relauncher, events: Sequence[TaskStateChanged]) -> None:
+    """FAILED events of tasks dispatched here and not seen running: launched again when the pod failed before
+    the task process started (one Airflow DB query for them all), else reported with the earlier attempts."""
+    states = executor.task_states_from_db([e.key for e in events])
+    for event in events:
+        ti_key = airflow_key(event.key)
+        decision = relauncher.decide(ti_key, event, states.get(event.key))
+        if decision.relaunch and relauncher.relaunch(ti_key, event):
+            continue
+        reason = (event.reason or "pod failed") + relauncher.history(ti_key)
+        relauncher.forget(ti_key)
+        executor.log.info("task failed: %s: %s (pod %s; not launched again: %s)", event.key, reason,
+                          event.pod_name, decision.why)
+        executor.fail(ti_key, info=reason)
 
 
 def apply_adopted(executor: ResultSink, adopted: Sequence[tuple[TaskKey, tuple[str, str]]]) -> None:
