@@ -472,7 +472,7 @@ class KubeStreamExecutor(BaseExecutor):
         state = record.get("state") or "queued (no pod event yet)"
         reason = f": {record['reason']}" if record.get("reason") else ""
         return [f"kubestream: pod {key.pod_name()} in namespace {record.get('namespace', '?')}, "
-                f"owner {record.get('owner', '?')}, last state {state}{reason}"], []
+                f"owner {record.get('owner', '?')}, last state {state}{reason}", *relaunch.log_lines(record)], []
 
     @staticmethod
     def get_cli_commands() -> list[Any]:
