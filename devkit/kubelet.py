@@ -123,6 +123,7 @@ class SimKubelet:
         self._pool: ThreadPoolExecutor | None = None
         self._watch_handle: PodWatch | None = None
         self._since = _now()
+        self.pod_ordinals = kr.PodOrdinals()  # errimagepull:times=N counts the pods of each name
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> SimKubelet:
@@ -323,9 +324,12 @@ class SimKubelet:
 
     def _rule_for(self, pod: dict[str, Any]) -> kr.Rule | None:
         text = ((pod.get("metadata") or {}).get("annotations") or {}).get(kr.SIM_ANNOTATION)
+        fallback = None if self.mode == "process" else self.default_rule
         if text is None:
-            return None if self.mode == "process" else self.default_rule
-        return _rule(text)
+            return fallback
+        meta = pod.get("metadata") or {}
+        ordinal = self.pod_ordinals.of(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""))
+        return kr.rule_for_attempt(_rule(text), ordinal, fallback)
 
     def _reconcile(self, track: _Track) -> None:
         """Plan the pod's next step from its current status (caller holds the lock)."""

@@ -20,6 +20,10 @@ crashloop [code=N]          *Running* -> exit N (default 1); restartPolicy Never
 slowstart                   *ContainerCreating* (default 2 s) -> Running -> Succeeded
 errimagepull                *ContainerCreating* -> waiting ErrImagePull -> ``backoff`` s ->
                             waiting ImagePullBackOff; Pending forever
+errimagepull:times=N        the first N pods of the name (in the order this kubelet sees them) as
+                            ``errimagepull``; later ones as if the annotation were absent (the
+                            default rule, or the real command in process mode): a pull that
+                            fails, then works once the pod is launched again
 createcontainerconfigerror  *ContainerCreating* -> waiting CreateContainerConfigError, forever
 =========================== ===================================================================
 
@@ -53,7 +57,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "oomkilled": _COMMON,
     "crashloop": _COMMON | {"code", "backoff"},
     "slowstart": _COMMON,
-    "errimagepull": _COMMON | {"backoff"},
+    "errimagepull": _COMMON | {"backoff", "times"},
     "createcontainerconfigerror": _COMMON,
 }
 # kinds whose ``delay`` is the ContainerCreating stage rather than the Running one
@@ -69,6 +73,7 @@ class Rule:
     backoff: float = BACKOFF
     jitter: float = 0.0
     message: str = ""  # not part of the grammar: the kubelet's note for an unparsable annotation
+    times: int | None = None  # errimagepull only: the first ``times`` pods of a name fail, None: every one
 
 
 def _number(key: str, value: str) -> float:
@@ -124,6 +129,44 @@ def parse_rule(text: str) -> Rule:
         rule = replace(rule, backoff=_number("backoff", params["backoff"]))
     if "jitter" in params:
         rule = replace(rule, jitter=_number("jitter", params["jitter"]))
+    if "times" in params:
+        rule = replace(rule, times=_count("times", params["times"]))
+    return rule
+
+
+def _count(key: str, value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not an integer") from None
+    if count < 0:
+        raise ValueError(f"{key}={value!r} must be >= 0")
+    return count
+
+
+class PodOrdinals:
+    """Which pod of its name a pod is (0 for the first uid seen with that name, 1 for the next...), for
+    rules that depend on the launch attempt (``errimagepull:times=N``). Pure bookkeeping, no I/O."""
+
+    def __init__(self) -> None:
+        self._uids: dict[tuple[str, str], list[str]] = {}
+
+    def of(self, namespace: str, name: str, uid: str) -> int:
+        uids = self._uids.setdefault((namespace, name), [])
+        if uid not in uids:
+            uids.append(uid)
+        return uids.index(uid)
+
+    def count(self, namespace: str, name: str) -> int:
+        """How many pods of this name were seen."""
+        return len(self._uids.get((namespace, name), ()))
+
+
+def rule_for_attempt(rule: Rule, ordinal: int, fallback: Rule | None) -> Rule | None:
+    """``rule`` for the ``ordinal``-th pod of its name (0 first); past a ``times`` limit, ``fallback`` (what
+    the pod would follow without the annotation: the default rule, None in process mode)."""
+    if rule.times is not None and ordinal >= rule.times:
+        return fallback
     return rule
 
 
