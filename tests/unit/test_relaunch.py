@@ -220,3 +220,68 @@ def test_retries_zero_remembers_nothing_and_a_redis_failure_reports() -> None:
     dispatched(down, "a")
     apply(sink, [failed("a")], down)
     assert sink.calls == [("fail", "a", PULL)]
+
+
+# -- the relaunch write, against a real Redis --------------------------------------------------------
+
+
+def test_relaunch_writes_revoke_record_and_launch_and_old_pod_events_are_stale(redis_client, keys, key_prefix,
+                                                                               redis_server) -> None:
+    from kubestream.messages import RevokeTask, decode
+    from kubestream.signing import Unsigned
+    from kubestream.store import TaskStore
+
+    settings = Settings.from_mapping({"redis_url": redis_server.url, "key_prefix": key_prefix,
+                                      "pod_launch_failure_retries": "2", "allow_unsigned": "true"})
+    store = TaskStore(redis_client, keys, settings)
+    counted: list[str] = []
+    rl = Relauncher(redis_client, store, keys, settings, Unsigned(), logging.getLogger("test.relaunch"),
+                    count=counted.append)
+    k = key("flaky")
+    msg = LaunchTask(key=k, queue="default", scheduler_id="sched", workload_json="{}", external_executor_id="ext")
+    pipe = redis_client.pipeline(transaction=True)
+    store.record_dispatch(pipe, k, owner="sched", queue="default", namespace="ns", dispatch="ext")
+    pipe.execute()
+    ti_key = airflow_key(k)
+    rl.remember(ti_key, msg, "ns", 0)
+    event = failed("flaky")
+    assert store.publish(event, dispatch="ext").published
+
+    assert rl.relaunch(ti_key, event) and counted == ["ErrImagePull"]
+    revoke, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default"))]
+    launch, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default", 0))]  # the task's band
+    assert isinstance(revoke, RevokeTask) and revoke.external_executor_id == "ext"
+    assert isinstance(launch, LaunchTask) and launch.external_executor_id == "ext+relaunch-1"
+    assert launch.key == k and launch.workload_json == "{}"
+    record = store.record(k.pod_name())
+    assert record["dispatch"] == "ext+relaunch-1" and "state" not in record and "revoked" not in record
+    assert rl.dispatch_of(ti_key) == "ext+relaunch-1"
+    assert len(log_lines(record)) == 1 and PULL in log_lines(record)[0]
+
+    # the old pod's later events never speak for the new dispatch; the new pod's do
+    late = TaskStateChanged(key=k, state=TaskState.FAILED, reason="pod deleted while Pending")
+    assert store.publish(late, dispatch="ext").detail == "stale dispatch"
+    assert store.publish(TaskStateChanged(key=k, state=TaskState.RUNNING), dispatch="ext+relaunch-1").published
+
+    # a second relaunch counts on from the original dispatch and keeps the first attempt's reason
+    assert rl.relaunch(ti_key, failed("flaky", "ErrImagePull: again"))
+    record = store.record(k.pod_name())
+    assert record["dispatch"] == "ext+relaunch-2" and len(log_lines(record)) == 2
+
+
+def test_relaunch_with_redis_down_writes_nothing_and_says_so(redis_server, keys, key_prefix) -> None:
+    import redis as redis_lib
+
+    from devkit.procs import free_port
+    from kubestream.signing import Unsigned
+    from kubestream.store import TaskStore
+
+    settings = Settings.from_mapping({"key_prefix": key_prefix, "allow_unsigned": "true"})
+    dead = redis_lib.Redis(port=free_port(), socket_connect_timeout=0.5)
+    rl = Relauncher(dead, TaskStore(dead, keys, settings), keys, settings, Unsigned(),
+                    logging.getLogger("test.relaunch"))
+    k = key("a")
+    rl.remember(airflow_key(k), LaunchTask(key=k, queue="default", scheduler_id="s", workload_json="{}",
+                                           external_executor_id="ext"), "ns", None)
+    assert not rl.relaunch(airflow_key(k), failed("a"))
+    assert rl.dispatch_of(airflow_key(k)) is None  # nothing changed: the next failure counts from 0
