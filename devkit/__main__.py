@@ -1,4 +1,4 @@
-"""``python -m devkit``: the local control plane, the simulated kubelet and the demo."""
+"""``python -m devkit``: the local control plane, the simulated kubelet, a real node and the demo."""
 
 from __future__ import annotations
 
@@ -46,6 +46,37 @@ def cmd_kubelet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_realnode(args: argparse.Namespace) -> int:
+    from devkit.cluster import LocalCluster
+    from devkit.realnode import RealNode, default_node_dir, write_pod_template
+
+    local = LocalCluster(args.dir, real_node=True)
+    node_dir = args.node_dir or default_node_dir()
+    if args.action == "up":
+        cluster = local.up(tuple(args.namespace or ()))
+        state = RealNode(cluster, node_dir).up()
+        template = write_pod_template(state)
+        print(f"kube-apiserver: {cluster.host}\nkubeconfig (admin): {cluster.kubeconfig('admin')}\n"
+              f"node: Ready; dockerd: DOCKER_HOST=unix://{state.socket}\nbase image: {state.base_image}\n"
+              f"pod template (pod_template_file): {template}")
+    elif args.action == "down":
+        cluster = local.load()
+        try:
+            if cluster:
+                RealNode(cluster, node_dir).down()
+        finally:
+            local.down()
+        print("real node and local cluster stopped")
+    else:
+        running = local.running()
+        node = RealNode(running, node_dir).load() if running else None
+        if node is None:
+            print("not running")
+            return 1
+        print(json.dumps(vars(node), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from devkit.demo import main as demo_main
 
@@ -67,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-rule", default="succeed")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=cmd_kubelet)
+    p = sub.add_parser("realnode", help="the local cluster with a real kubelet + Docker node (devkit/realnode.py)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--dir", default=None, help="cluster state directory (default: as for `cluster`)")
+    p.add_argument("--node-dir", default=None, help="node state directory, short (default: /tmp/ks-realnode-<uid>)")
+    p.add_argument("--namespace", action="append", help="extra namespace to create (repeatable)")
+    p.set_defaults(func=cmd_realnode)
     p = sub.add_parser("demo", help="the local demo (what ./scripts/demo runs)")
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)

@@ -14,6 +14,13 @@ kubestream's RBAC (``k8s/base/rbac.yaml``) to those identities:
 Everything it starts is recorded in ``state.json`` and stopped by PID in
 ``down()``. ``restart_apiserver()`` restarts only the API server, which makes
 a watch from an older resourceVersion fail with a real 410 Gone.
+
+``LocalCluster(state_dir, real_node=True)`` also prepares for a real kubelet
+(``devkit.realnode``): a ``node`` identity ``system:node:127.0.0.1`` in group
+``system:nodes``, ``--authorization-mode=Node,RBAC``, a client certificate the
+apiserver presents to the kubelet (pods/log, exec) from a CA the kubelet
+trusts, and no ``TaintNodesByCondition`` admission (no controller-manager
+would ever lift its not-ready taint). The default cluster is unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ IDENTITIES = ("admin", "launcher", "watcher", "kubelet", "executor")
 COMPONENTS = ("launcher", "watcher")  # bound, in every task namespace, to their ClusterRole of k8s/base/rbac.yaml
 PROVISION_SCRIPT = Path(__file__).with_name("provision.sh")
 REPO_RBAC = Path(__file__).resolve().parents[1] / "k8s" / "base" / "rbac.yaml"
+# the real node's name: ``--hostname-override=127.0.0.1`` gives it InternalIP 127.0.0.1 (``--node-ip`` refuses loopback)
+REAL_NODE_NAME = "127.0.0.1"
 
 KUBELET_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["nodes", "nodes/status"], "verbs": ["get", "list", "create", "update", "patch"]},
@@ -76,6 +85,7 @@ class ClusterState:
     etcd_pid: int = 0
     apiserver_pid: int = 0
     namespaces: list[str] = field(default_factory=list)
+    real_node: bool = False  # prepared for a real kubelet (see the module docstring)
 
     @property
     def host(self) -> str:
@@ -85,13 +95,19 @@ class ClusterState:
     def ca_file(self) -> str:
         return str(Path(self.state_dir) / "certs" / "apiserver.crt")
 
+    @property
+    def kubelet_ca_file(self) -> str:
+        """real_node: the CA of the client certificate the apiserver presents to kubelets."""
+        return str(Path(self.state_dir) / "kubelet-pki" / "ca.crt")
+
     def kubeconfig(self, identity: str = "admin") -> str:
         return str(Path(self.state_dir) / f"kubeconfig-{identity}")
 
 
 class LocalCluster:
-    def __init__(self, state_dir: Path | str | None = None) -> None:
+    def __init__(self, state_dir: Path | str | None = None, *, real_node: bool = False) -> None:
         self.dir = Path(state_dir) if state_dir else default_state_dir()
+        self.real_node = real_node
         self.state_file = self.dir / "state.json"
 
     # -- state ---------------------------------------------------------------------------
@@ -116,6 +132,8 @@ class LocalCluster:
     # -- lifecycle -----------------------------------------------------------------------
     def up(self, namespaces: tuple[str, ...] = ()) -> ClusterState:
         current = self.running()
+        if current and self.real_node and not current.real_node:
+            raise ClusterError(f"the cluster in {self.dir} runs without real-node support; stop it first")
         if current:
             self.ensure_namespaces(current, namespaces)
             return current
@@ -132,14 +150,15 @@ class LocalCluster:
             state_dir=str(self.dir), apiserver_bin=apiserver_bin,
             etcd_port=free_port(), etcd_peer_port=free_port(), apiserver_port=free_port(),
             etcd_data=tempfile.mkdtemp(prefix="kubestream-etcd-", dir=shm),
-            tokens={name: secrets.token_hex(16) for name in IDENTITIES},
+            tokens={name: secrets.token_hex(16) for name in self._identities()},
+            real_node=self.real_node,
         )
         self._save(state)
         try:
             self._write_credentials(state)
             self._start_etcd(state)
             self._start_apiserver(state)
-            for identity in IDENTITIES:
+            for identity in self._identities():
                 self._write_kubeconfig(state, identity)
             self._apply_rbac(state)
             self.ensure_namespaces(state, ("default", *namespaces))
@@ -167,6 +186,24 @@ class LocalCluster:
         return state
 
     # -- pieces ----------------------------------------------------------------------------
+    def _identities(self) -> tuple[str, ...]:
+        return (*IDENTITIES, "node") if self.real_node else IDENTITIES
+
+    def _write_kubelet_pki(self) -> None:
+        """real_node: a CA and the apiserver's client certificate for kubelets (CN kube-apiserver-kubelet-client)."""
+        pki = self.dir / "kubelet-pki"
+        pki.mkdir(exist_ok=True)
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=kubestream-kubelet-ca",
+            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "-keyout", str(pki / "client.key"), "-out", str(pki / "client.csr"))
+        run("x509", "-req", "-in", str(pki / "client.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+            "-CAcreateserial", "-days", "30", "-out", str(pki / "client.crt"))
+
     def _write_credentials(self, state: ClusterState) -> None:
         key = self.dir / "sa.key"
         subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
@@ -175,9 +212,13 @@ class LocalCluster:
         lines = []
         for i, (name, token) in enumerate(state.tokens.items()):
             groups = ',"system:masters"' if name == "admin" else ""
-            lines.append(f'{token},kubestream-{name},{1000 + i}{groups}')
+            user = f"system:node:{REAL_NODE_NAME}" if name == "node" else f"kubestream-{name}"
+            groups = ',"system:nodes"' if name == "node" else groups
+            lines.append(f'{token},{user},{1000 + i}{groups}')
         (self.dir / "tokens.csv").write_text("\n".join(lines) + "\n")
         os.chmod(self.dir / "tokens.csv", 0o600)
+        if state.real_node:
+            self._write_kubelet_pki()
 
     def _start_etcd(self, state: ClusterState) -> None:
         client = f"http://127.0.0.1:{state.etcd_port}"
@@ -202,22 +243,28 @@ class LocalCluster:
 
     def _start_apiserver(self, state: ClusterState) -> None:
         d = self.dir
+        authorization, disabled_admission, real_node = "RBAC", "ServiceAccount", []
+        if state.real_node:
+            authorization, disabled_admission = "Node,RBAC", "ServiceAccount,TaintNodesByCondition"
+            real_node = [f"--kubelet-client-certificate={d / 'kubelet-pki' / 'client.crt'}",
+                         f"--kubelet-client-key={d / 'kubelet-pki' / 'client.key'}"]
         proc = spawn([
             state.apiserver_bin,
             f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={state.apiserver_port}", f"--cert-dir={d / 'certs'}",
-            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
+            f"--token-auth-file={d / 'tokens.csv'}", f"--authorization-mode={authorization}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             "--service-cluster-ip-range=10.96.0.0/24",
-            "--disable-admission-plugins=ServiceAccount",
+            f"--disable-admission-plugins={disabled_admission}",
             "--endpoint-reconciler-type=none", "--profiling=false",
             # pods/log and exec are proxied to the node's InternalIP (the simulated kubelet's or a real one's)
             "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
             "--logtostderr=true", "--v=0",
+            *real_node,
         ], d / "apiserver.log")
         state.apiserver_pid = proc.pid
         self._save(state)
