@@ -212,6 +212,20 @@ def _finish(token: str, code: int, reason: str = "", message: str = "", delay: f
     return Step(token, "finish", delay, jitter, code, reason or ("Completed" if code == 0 else "Error"), message)
 
 
+def _stopped_by_deletion(pod: Mapping[str, Any], proc: Proc | None) -> Step | None:
+    """A graceful delete of a pod whose container runs: as a real kubelet (v1.20 + Docker, see
+    tests/fixtures/realnode/deleted-while-running.json), report the container stopped (SIGTERM: exit
+    143, or the process's own exit) and the pod's final phase before the pod goes."""
+    status = pod.get("status") or {}
+    grace = (pod.get("metadata") or {}).get("deletionGracePeriodSeconds")
+    cs = first_container_status(pod)
+    running = bool(cs) and "running" in ((cs or {}).get("state") or {})
+    if not grace or not running or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    code = proc.exit_code if proc is not None and proc.exit_code is not None else 143
+    return _finish("delete:stopped", code)
+
+
 def plan(pod: Mapping[str, Any], node: str, rule: Rule | None, proc: Proc | None = None) -> Step | None:
     """The next step for ``pod`` on ``node``; ``rule`` None means process mode (``proc`` given)."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
@@ -221,7 +235,10 @@ def plan(pod: Mapping[str, Any], node: str, rule: Rule | None, proc: Proc | None
     if meta.get("deletionTimestamp"):
         if not bound:
             return None  # the API server deletes unscheduled pods at once
-        return Step("delete:kill", "kill") if proc and proc.alive else Step("delete", "delete")
+        if proc and proc.alive:
+            return Step("delete:kill", "kill")
+        stopped = _stopped_by_deletion(pod, proc)
+        return stopped or Step("delete", "delete")
     if not bound:
         return Step("bind", "bind")
     if status.get("phase") in ("Succeeded", "Failed"):

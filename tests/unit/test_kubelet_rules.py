@@ -125,6 +125,8 @@ RUNNING = {"running": {"startedAt": NOW}}
     (pod(node="other"), "succeed", None, None, {}),
     (pod(node="", deleting=True), "succeed", None, None, {}),
     (pod(deleting=True), "succeed", "delete", "delete", {}),
+    (with_state(pod(deleting=True), RUNNING, phase="Running"), "run", "delete:stopped", "finish",
+     {"exit_code": 143, "reason": "Error"}),
     (pod(), "succeed", "create", "create", {}),
     (pod(phase="Succeeded"), "succeed", None, None, {}),
     (with_state(pod(), CREATING), "succeed", "start", "start", {"delay": CREATE_DELAY}),
@@ -174,7 +176,10 @@ def test_plan_rules(p: dict, rule: str, token: str | None, action: str | None, e
     (with_state(pod(), RUNNING, phase="Running"), Proc(True, 0), "exited", "finish", 0),
     (with_state(pod(), RUNNING, phase="Running"), None, "lost", "finish", 137),  # another kubelet's process
     (with_state(pod(deleting=True), RUNNING, phase="Running"), Proc(True), "delete:kill", "kill", 0),
-    (with_state(pod(deleting=True), RUNNING, phase="Running"), Proc(True, 143), "delete", "delete", 0),
+    # a graceful delete: the stopped container's exit is reported before the pod goes, as a real kubelet does
+    (with_state(pod(deleting=True), RUNNING, phase="Running"), Proc(True, 143), "delete:stopped", "finish", 143),
+    (with_state(pod(deleting=True), {"terminated": {"exitCode": 143}}, phase="Failed"), Proc(True, 143), "delete",
+     "delete", 0),
 ])
 def test_plan_process_mode(p: dict, proc: Proc | None, token: str | None, action: str | None, code: int) -> None:
     step = plan(p, NODE, None, proc)
