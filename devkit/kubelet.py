@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit import kubelet_rules as kr
+from devkit.kubeletlogs import KubeletLogServer
 from kubestream.backoff import backoff_delay
 from kubestream.kubeapi import MERGE_PATCH, ApiError, Gone, PodApi, PodWatch, request
 
@@ -123,12 +124,14 @@ class SimKubelet:
         self._pool: ThreadPoolExecutor | None = None
         self._watch_handle: PodWatch | None = None
         self._since = _now()
+        self._logs: KubeletLogServer | None = None
         self.pod_ordinals = kr.PodOrdinals()  # errimagepull:times=N counts the pods of each name
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> SimKubelet:
         if self.mode == "process" and self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="kubestream-kubelet-"))
+        self._logs = KubeletLogServer(self._container_log, host=HOST_IP).start()  # pods/log, via the apiserver
         self._register_node()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"kubelet-{self.node_name}")
         for target, name in ((self._watch_loop, "watch"), (self._timer_loop, "timer")):
@@ -149,6 +152,9 @@ class SimKubelet:
         for thread in self._threads:
             thread.join(timeout=15)
         self._threads.clear()
+        if self._logs is not None:
+            self._logs.stop()
+            self._logs = None
         if self._pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
         with self._cv:
@@ -214,9 +220,12 @@ class SimKubelet:
         log.info("node %s registered and Ready", name)
 
     def _heartbeat(self) -> None:
+        status: dict[str, Any] = {"conditions": kr.node_conditions(_now(), self._since)}
+        if self._logs is not None:  # where the apiserver reads pods/log: this process's log server
+            status["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self._logs.port}}
         try:
-            self._call("PATCH", f"/api/v1/nodes/{self.node_name}/status",
-                       {"status": {"conditions": kr.node_conditions(_now(), self._since)}}, content_type=MERGE_PATCH)
+            self._call("PATCH", f"/api/v1/nodes/{self.node_name}/status", {"status": status},
+                       content_type=MERGE_PATCH)
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -437,6 +446,18 @@ class SimKubelet:
         self._call("PATCH", f"/api/v1/namespaces/{track.namespace}/pods/{track.name}/status",
                    {"metadata": {"uid": track.uid}, "status": status}, content_type=MERGE_PATCH)
 
+    # -- pods/log ------------------------------------------------------------------------------------
+    def _container_log(self, namespace: str, name: str, container: str) -> bytes | None:
+        """What ``/containerLogs`` serves: a process-mode pod's captured output, else fixed lines
+        (``rule_log_lines``); None for a pod of a namespace this kubelet does not serve."""
+        if not self._in_scope(namespace):
+            return None
+        if self.work_dir is not None:
+            path = self.work_dir / namespace / f"{name}.log"
+            if path.is_file():
+                return path.read_bytes()
+        return rule_log_lines(namespace, name, container)
+
     # -- process mode --------------------------------------------------------------------------------
     def _spawn(self, track: _Track, pod: dict[str, Any], now: str) -> None:
         if track.proc is None:  # not on a retry of the Running patch
@@ -489,3 +510,12 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)  # started in its own session: its group is its pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+RULE_LOG_LINES = 50
+
+
+def rule_log_lines(namespace: str, name: str, container: str) -> bytes:
+    """The fixed log of a rule-driven pod's container: ``RULE_LOG_LINES`` numbered lines."""
+    return b"".join(f"simulated log of {namespace}/{name} container {container}: line {i}\n".encode()
+                    for i in range(1, RULE_LOG_LINES + 1))
