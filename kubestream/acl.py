@@ -32,6 +32,19 @@ def _selector(keys: Iterable[str], commands: Iterable[str]) -> str:
     return "(" + " ".join([*keys, *commands]) + ")"
 
 
+def _log_requester(k: Keys) -> list[str]:
+    """``get_task_log`` (scheduler and API server): write a pod log request, take and drop its answer."""
+    return [_selector(_keys(k.log_requests), ("+xadd",)),
+            _selector(_keys(k.log_reply("*")), ("+blpop", "+del"))]
+
+
+def _log_server(k: Keys) -> list[str]:
+    """Every watcher: read pod log requests in its group, write the (expiring) answers."""
+    return [_selector(_keys(k.log_requests), ("+xgroup|create", "+xreadgroup", "+xack", "+xdel",
+                                              "+xgroup|delconsumer")),
+            _selector(_keys(k.log_reply("*")), ("+rpush", "+expire"))]
+
+
 def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") -> list[str]:
     """ACL SETUSER rules (after the user name and password) for one component.
 
@@ -47,7 +60,8 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+multi", "+exec", "+discard",
                 "+hdel", "+hset", "+hget", "+hmget", "+hgetall", "+expire", "+exists",  # records, adopt script
                 "+xadd", "+xgroup|create", "+xreadgroup", "+xack",  # launches, results, dead letters
-                _selector(_keys(k.scheduler(own)), ("+set", "+get", "+pexpire", "+del"))]  # its liveness key
+                _selector(_keys(k.scheduler(own)), ("+set", "+get", "+pexpire", "+del")),  # its liveness key
+                *_log_requester(k)]
     if component == "launcher":
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+multi", "+exec", "+discard",
                 "+time",  # the rate limiter's clock
@@ -70,7 +84,8 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+hget", "+hmget", "+hset", "+hdel", "+hincrby", "+hgetall", "+xadd", "+expire", "+sadd", "+srem",
                 "+smembers", "+scan",
                 "+get", "+set", "+pexpire", "+del", "+incr", "+exists",  # checkpoints, lease, epoch
-                _selector(_keys(k.health("watcher", "*")), ("+hset", "+hget", "+pexpire", "+del"))]
+                _selector(_keys(k.health("watcher", "*")), ("+hset", "+hget", "+pexpire", "+del")),
+                *_log_server(k)]
     if component == "janitor":
         rq = f"{k.base}:rq:*"  # rq's keys and channels (RQ_KEY_PREFIX, set by `kubestream janitor`)
         return ["resetkeys", "resetchannels", "-@all", *_CONNECT, "+scan",

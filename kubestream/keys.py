@@ -22,6 +22,7 @@ _CLUSTER = re.compile(r"^(|[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?)$")
 
 LAUNCH_GROUP = "launchers"
 RESULTS_GROUP = "executor"
+LOG_GROUP = "logservers"  # the watchers serving pod log requests (one group per cluster: ``log_group``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +137,17 @@ class Keys:
     @property
     def health_pattern(self) -> str:
         return f"{self.base}:health:*"
+
+    @property
+    def log_requests(self) -> str:
+        """Stream of signed pod log requests (``get_task_log`` -> every cluster's watchers, ``podlogs.py``)."""
+        return f"{self.base}:logs:requests"
+
+    def log_reply(self, reply_id: str) -> str:
+        """List holding the signed answer to one pod log request (expires seconds after it is written)."""
+        return f"{self.base}:logs:reply:{reply_id}"
+
+    @property
+    def log_group(self) -> str:
+        """The consumer group of this cluster's watchers on ``log_requests``: every cluster sees each request."""
+        return f"{LOG_GROUP}:{self.cluster}" if self.cluster else LOG_GROUP

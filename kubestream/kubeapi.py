@@ -257,17 +257,32 @@ class PodApi:
         return True
 
     def list(self, namespace: str, *, label_selector: str = "", limit: int = 500,
-             continue_token: str = "") -> PodList:
+             continue_token: str = "", field_selector: str = "") -> PodList:
         """One page of pods (empty namespace: every namespace). 410 (``Gone``) when
         ``continue_token`` expired."""
         query: Query = [("limit", str(limit))]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         if continue_token:
             query.append(("continue", continue_token))
         body = request(self.api, "GET", pods_path(namespace), query=query, timeout=self.list_timeout) or {}
         meta = body.get("metadata") or {}
         return PodList(body.get("items") or [], str(meta.get("continue") or ""), str(meta.get("resourceVersion") or ""))
+
+    def log(self, namespace: str, name: str, *, container: str, tail_lines: int, limit_bytes: int,
+            timeout: Timeout | None = None) -> bytes:
+        """The last ``tail_lines`` lines of a container's log (``pods/log``: the API server reads them from the
+        pod's kubelet), at most ``limit_bytes`` bytes (counted from the first line of that tail)."""
+        query: Query = [("container", container), ("tailLines", str(tail_lines)), ("limitBytes", str(limit_bytes))]
+
+        def call(**kwargs: Any) -> Any:
+            return self.api.call_api(pods_path(namespace, name) + "/log", "GET", query_params=query,
+                                     auth_settings=["BearerToken"], header_params={"Accept": "*/*"},
+                                     _request_timeout=timeout or self.timeout, **kwargs)
+
+        return raw(call)
 
     def watch(self, namespace: str, resource_version: str, *, label_selector: str = "", timeout_seconds: int = 300,
               bookmarks: bool = True) -> PodWatch:

@@ -332,6 +332,16 @@ class Settings:
         "its own watcher lease, checkpoints and live set. Empty: one cluster.", _cluster))
     consumer_name: str = field(default="", metadata=_doc(
         "Launcher/watcher: consumer and lease holder name. Empty: hostname-pid.", _name))
+    running_pod_log_lines: int = field(default=100, metadata=_doc(
+        "Executor: lines read from the end of a running task's pod log for the Airflow UI (`get_task_log`), "
+        "as the KubernetesExecutor's `[kubernetes_executor] running_pod_log_lines`; a watcher serves them "
+        "(at most 10000).", _int(1)))
+    pod_log_timeout_seconds: float = field(default=5.0, metadata=_doc(
+        "Executor: how long `get_task_log` waits for a watcher's answer with a running pod's log lines.",
+        _float(0.5)))
+    pod_log_max_bytes: int = field(default=262144, metadata=_doc(
+        "Watcher: largest pod log answer it writes to Redis (the newest lines are kept; the answer expires "
+        "10 s after it is written).", _int(1024)))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], *, source: str = ENV_PREFIX) -> Settings:

@@ -20,6 +20,7 @@ import redis
 from airflow._shared.observability.metrics import stats  # the Stats facade BaseExecutor reports through
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
 
+from kubestream import podlogs
 from kubestream.executor import relaunch, results
 from kubestream.executor.config import check_team_prefix, prefixes_taken, settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
@@ -453,26 +454,58 @@ class KubeStreamExecutor(BaseExecutor):
         return record if dispatch and relaunch.original_dispatch(record) == dispatch else dispatch
 
     def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
-        """What kubestream knows of the task's pod, from Redis (the scheduler and API server
-        have no Kubernetes access): pod, namespace, owner and last state with its reason.
+        """What kubestream knows of the task's pod (``messages``) and, while it runs, its last
+        ``running_pod_log_lines`` log lines (``logs``), as the KubernetesExecutor shows them.
 
-        Airflow calls this for RUNNING tasks, on executors it never started (the API server),
-        so it connects on demand. The task's own log lines come from Airflow's log handler
-        (a shared volume or remote logging), as with any executor whose workers are remote.
+        Airflow calls this for RUNNING tasks, also on executors it never started (the API server), so
+        it connects on demand. The scheduler and API server have no Kubernetes access: the lines come
+        from a watcher, asked through Redis (``kubestream.podlogs``). Finished tasks' logs come from
+        Airflow's log handler (a shared volume or remote logging), as with any remote worker.
         """
         key = TaskKey(ti.dag_id, ti.task_id, ti.run_id, int(try_number), int(ti.map_index))
         try:
             settings = self.settings or self.load_settings()
             client = self.redis or connect(settings, role="executor")
-            record = TaskStore(client, Keys(settings.key_prefix), settings).record(key.pod_name())
         except (redis.RedisError, ValueError) as exc:
             return [f"kubestream: task record unavailable ({exc})"], []
+        try:
+            messages = self._record_messages(client, settings, key)
+            if not messages[0].startswith("kubestream: no record") and not messages[0].startswith(
+                    "kubestream: task record unavailable"):
+                live, logs = self._live_log(client, settings, key)
+                return [*messages, *live], logs
+            return messages, []
+        finally:
+            if client is not self.redis:
+                client.close()
+
+    def _record_messages(self, client: redis.Redis, settings: Settings, key: TaskKey) -> list[str]:
+        """The task record's pod, namespace, owner and last state, as one message line."""
+        try:
+            record = TaskStore(client, Keys(settings.key_prefix), settings).record(key.pod_name())
+        except (redis.RedisError, ValueError) as exc:
+            return [f"kubestream: task record unavailable ({exc})"]
         if not record:
-            return [f"kubestream: no record of pod {key.pod_name()} (not dispatched, or expired)"], []
+            return [f"kubestream: no record of pod {key.pod_name()} (not dispatched, or expired)"]
         state = record.get("state") or "queued (no pod event yet)"
         reason = f": {record['reason']}" if record.get("reason") else ""
         return [f"kubestream: pod {key.pod_name()} in namespace {record.get('namespace', '?')}, "
-                f"owner {record.get('owner', '?')}, last state {state}{reason}", *relaunch.log_lines(record)], []
+                f"owner {record.get('owner', '?')}, last state {state}{reason}", *relaunch.log_lines(record)]
+
+    def _live_log(self, client: redis.Redis, settings: Settings, key: TaskKey) -> tuple[list[str], list[str]]:
+        """The pod's last lines, read by a watcher (messages, logs); a message says why there are none."""
+        try:
+            signer = self.signer if self.settings is not None else signer_for(settings)
+        except SigningKeyError as exc:
+            return [f"kubestream: cannot ask for the pod's log: [kubestream] {exc}"], []
+        reply = podlogs.request_log(client, Keys(settings.key_prefix), signer, key,
+                                    lines=settings.running_pod_log_lines, timeout=settings.pod_log_timeout_seconds)
+        where = f" (watcher {reply.server})" if reply.server else ""
+        if reply.status is not podlogs.Status.OK:
+            return [f"kubestream: no live log lines of pod {key.pod_name()}: {reply.status.value}: "
+                    f"{reply.message}{where}"], []
+        return [f"kubestream: {reply.message} of pod {key.pod_name()} in namespace {reply.namespace}{where}"], [
+            reply.text]
 
     @staticmethod
     def get_cli_commands() -> list[Any]:

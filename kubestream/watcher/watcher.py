@@ -65,6 +65,7 @@ from kubestream.taskkey import DISPATCH_ANNOTATION, MANAGED_LABEL, TaskKey, key_
 from kubestream.text import as_text
 from kubestream.watcher.classify import classify_pod
 from kubestream.watcher.lease import Lease
+from kubestream.watcher.logserve import LogServer
 from kubestream.watcher.metrics import WatcherMetrics
 from kubestream.watcher.warmlist import WarmList
 
@@ -157,6 +158,8 @@ class Watcher:
         self._warm: dict[str, WarmList] = {}  # while standing by: each namespace's pods, kept in memory
         self.heartbeat = Heartbeat(redis_client, self.keys.health("watcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"leader": "1" if self.leading else "0"})
+        # pod log requests (get_task_log): served by every watcher process, leading or not
+        self.logs = LogServer(settings, redis_client, self.pods, self.store, signer, self.name)
 
     @property
     def leading(self) -> bool:
@@ -176,6 +179,7 @@ class Watcher:
 
         Raises ``WatcherFailed``, after giving the lease up, when a namespace's watch could not go on."""
         self.heartbeat.start()
+        self.logs.start()
         try:
             while not self.stopping.is_set():
                 term = self.try_lead()
@@ -189,6 +193,7 @@ class Watcher:
                 warm.stop()
             self.close()
             self._give_up_lease()
+            self.logs.stop()
             self.heartbeat.stop()
         if self.failure is not None:
             raise WatcherFailed(f"a namespace's watch could not go on: {self.failure!r}") from self.failure

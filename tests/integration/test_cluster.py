@@ -47,7 +47,8 @@ def test_each_component_acts_under_its_own_rbac(api_for, namespace) -> None:
 # --------------------------------------------------------------------------- RBAC: what each identity may do
 # k8s/base/rbac.yaml grants exactly the pod calls the code makes (kubestream/kubeapi.py PodApi):
 # the launcher creates, gets (after a 409, for a revoke) and deletes (revoke) pods; the
-# watcher lists, watches and deletes them; the scheduler (executor) has no Kubernetes rights.
+# watcher lists, watches and deletes them and reads running pods' logs (for get_task_log); the
+# scheduler (executor) has no Kubernetes rights.
 
 REPO = Path(__file__).resolve().parents[2]
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
@@ -63,7 +64,7 @@ CLUSTER_RESOURCES = (("", "namespaces", ""), ("", "nodes", ""), ("", "pods", "")
                      ("rbac.authorization.k8s.io", "clusterroles", ""))
 GRANTED = {
     "launcher": {("pods", "create"), ("pods", "get"), ("pods", "delete")},
-    "watcher": {("pods", "list"), ("pods", "watch"), ("pods", "delete")},
+    "watcher": {("pods", "list"), ("pods", "watch"), ("pods", "delete"), ("pods/log", "get")},
     "executor": set(),
 }
 
@@ -139,7 +140,8 @@ def test_the_launcher_creates_gets_and_deletes_pods_and_nothing_more(api_for, na
     assert pods.delete(namespace, "launched", uid=created["metadata"]["uid"], grace_period_seconds=0)
 
 
-def test_the_watcher_lists_watches_and_deletes_pods_and_nothing_more(api_for, namespace, unbound_namespace) -> None:
+def test_the_watcher_lists_watches_deletes_and_reads_logs_and_nothing_more(api_for, namespace,
+                                                                          unbound_namespace) -> None:
     pods = PodApi(api_for("watcher"))
     assert denied(lambda: pods.create(namespace, probe_pod("by-watcher"))) == 403
     page = pods.list(namespace, label_selector="kubestream.io/managed=true")
@@ -155,7 +157,8 @@ def test_the_watcher_lists_watches_and_deletes_pods_and_nothing_more(api_for, na
     assert denied(lambda: pods.get(namespace, "watched")) == 403
     assert denied(lambda: request(api_for("watcher"), "PATCH", pods_path(namespace, "watched"),
                                   {"metadata": {"labels": {"x": "y"}}}, content_type=MERGE_PATCH)) == 403
-    assert denied(lambda: request(api_for("watcher"), "GET", pods_path(namespace, "watched") + "/log")) == 403
+    assert denied(lambda: pods.log(unbound_namespace, "watched", container="base", tail_lines=1,
+                                   limit_bytes=100)) == 403  # pods/log only where the role is bound
     assert denied(lambda: pods.list(unbound_namespace)) == 403
     assert denied(lambda: pods.list("")) == 403  # every namespace
     assert pods.delete(namespace, "watched", uid=seen["metadata"]["uid"], grace_period_seconds=0)
