@@ -354,13 +354,14 @@ def build_pod(
     return {"apiVersion": "v1", "kind": "Pod", **pod}  # _check_kind: any set ones match
 
 
-def _containers_of(pod: Pod) -> list[dict[str, Any]]:
-    spec = pod.get("spec") or {}
-    return [c for name in ("containers", "initContainers") for c in spec.get(name) or [] if isinstance(c, dict)]
+def _base_containers(pod: Pod) -> list[dict[str, Any]]:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return [c for c in containers if isinstance(c, dict) and c.get("name") == BASE_CONTAINER]
 
 
 def _swap_in_commands(pod: Pod, old: str, new: str) -> None:
-    for container in _containers_of(pod):
+    """In the ``base`` container only: no other container gets the workload (and its token) this way."""
+    for container in _base_containers(pod):
         for name in _COMMAND_FIELDS:
             items = container.get(name)
             if isinstance(items, list):
@@ -368,7 +369,8 @@ def _swap_in_commands(pod: Pod, old: str, new: str) -> None:
 
 
 def conceal_workload(pod: Pod, workload_json: str) -> Pod:
-    """A copy of ``pod`` whose command/args items equal to ``workload_json`` read ``WORKLOAD_PLACEHOLDER``."""
+    """A copy of ``pod`` whose ``base`` container's command/args items equal to ``workload_json`` read
+    ``WORKLOAD_PLACEHOLDER``."""
     out = copy.deepcopy(pod)
     _swap_in_commands(out, workload_json, WORKLOAD_PLACEHOLDER)
     return out

@@ -345,3 +345,13 @@ def test_dead_letters_redact_the_patchs_env_values() -> None:
         "spec": {"containers": [{"name": "base", "env": [{"name": "PASSWORD", "value": "hunter2"}]}]}}))
     kept = msgpack.unpackb(redact(raw))
     assert kept["pod_mutation"]["spec"]["containers"][0]["env"] == [{"name": "PASSWORD", "value": REDACTED}]
+
+
+def test_only_the_base_container_gets_the_workload_back() -> None:
+    """A sidecar whose args carry the placeholder (from a pod_override or a hook) does not get the token."""
+    patch = {"spec": {"containers": [
+        {"name": "base", "image": "i", "args": ["run", WORKLOAD_PLACEHOLDER]},
+        {"name": "spy", "image": "s", "args": [WORKLOAD_PLACEHOLDER]}]}}
+    pod = build_pod(key=KEY, namespace="airflow", image="i", workload_json=WORKLOAD, scheduler_id="42",
+                    template=None, pod_override=None, pod_mutation=patch)
+    assert [c["args"] for c in pod["spec"]["containers"]] == [["run", WORKLOAD], [WORKLOAD_PLACEHOLDER]]
