@@ -6,7 +6,9 @@ mode: each container's log is ``RULE_LOG_LINES`` numbered lines)."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 import uuid
 from types import SimpleNamespace
@@ -205,3 +207,43 @@ def test_live_logs_work_under_the_acl_users_and_other_roles_are_refused(
         pipeline.stop()  # before its users go
         for component in urls:
             redis_client.execute_command("ACL", "DELUSER", f"{user_name(component)}-{settings.key_prefix}")
+
+
+def test_standbys_serve_too_so_a_dead_leader_costs_no_answer(pipeline: Pipeline, streams: Streams,
+                                                              redis_client: redis.Redis, keys: Keys,
+                                                              settings: Settings) -> None:
+    pipeline.launcher()
+    # a long lease: the standby cannot take over while the test asks, so only a standby can answer
+    watchers = {name: pipeline.watcher(consumer_name=name, lease_seconds="120") for name in ("w-a", "w-b")}
+    pipeline.wait_serving(streams)
+    pipeline.components.wait(lambda: log_server_ready(redis_client, keys), timeout=60, what="the log servers")
+    work = workload("logs", "ha", executor_config=sim("run"))
+    pipeline.submit([work])
+    pipeline.components.wait(lambda: running(streams, pod_name(work)), timeout=60, what="the pod running")
+    leader = streams.lease_holder()
+    assert leader in watchers
+    standby = next(name for name in watchers if name != leader)
+    os.kill(watchers[leader].pid, signal.SIGKILL)
+    watchers[leader].wait(timeout=30)
+
+    reply = request_log(redis_client, keys, signer_for(settings), task_key(work.ti.key), lines=4, timeout=30)
+
+    assert reply.status is Status.OK and reply.server == standby, reply
+    assert reply.text.count("\n") == 4 and f"line {RULE_LOG_LINES}\n" in reply.text
+    assert streams.lease_holder() == leader  # answered while the standby was still standing by
+
+
+def test_a_pod_that_is_gone_is_not_found(pipeline: Pipeline, streams: Streams, redis_client: redis.Redis,
+                                         keys: Keys, settings: Settings, core: k8s.CoreV1Api) -> None:
+    pipeline.launcher()
+    start_watching(pipeline, streams, redis_client, keys)
+    work = workload("logs", "gone", executor_config=sim("run"))
+    pipeline.submit([work])
+    pipeline.components.wait(lambda: running(streams, pod_name(work)), timeout=60, what="the pod running")
+    core.delete_namespaced_pod(pod_name(work), settings.namespace, grace_period_seconds=0)
+    pipeline.components.wait(lambda: not streams.pod_exists(pod_name(work)), timeout=60, what="the pod gone")
+
+    reply = request_log(redis_client, keys, signer_for(settings), task_key(work.ti.key), lines=4, timeout=30)
+
+    assert reply.status is Status.NOT_FOUND and reply.text == "", reply
+    assert reply.message == "no pod (not created yet, or deleted)"
