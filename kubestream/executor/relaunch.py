@@ -141,8 +141,9 @@ class Relauncher:
         return self.settings.pod_launch_failure_retries != 0
 
     def remember(self, ti_key: Any, message: LaunchTask, namespace: str, band: int | None) -> None:
-        """A task was dispatched (a new dispatch starts a new count)."""
-        if self.enabled:
+        """A task was dispatched (a new dispatch starts a new count). A launch without a dispatch id is never
+        redone: only a dispatch id tells the new pod from the failed one (Airflow always assigns one)."""
+        if self.enabled and message.external_executor_id:
             self._launches[ti_key] = Launch(message, namespace, band)
 
     def forget(self, ti_key: Any) -> None:

@@ -216,6 +216,10 @@ def test_retries_zero_remembers_nothing_and_a_redis_failure_reports() -> None:
     off = RecordingRelauncher(retries=0)
     dispatched(off, "a")
     assert not off.knows(airflow_key(key("a")))
+    anonymous = RecordingRelauncher(retries=1)  # no dispatch id: the new pod could not be told from the old
+    anonymous.remember(airflow_key(key("a")), LaunchTask(key=key("a"), queue="default", scheduler_id="s",
+                                                         workload_json="{}"), "ns", None)
+    assert not anonymous.knows(airflow_key(key("a")))
     down = RecordingRelauncher(retries=1, down=True)
     dispatched(down, "a")
     apply(sink, [failed("a")], down)
