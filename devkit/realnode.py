@@ -80,6 +80,9 @@ def unavailable_reason() -> str | None:
     if not docker_cli():
         return "no docker CLI"
     if kubelet_binary() is None:
+        override = os.environ.get("KUBESTREAM_KUBELET_BIN")
+        if override:
+            return f"KUBESTREAM_KUBELET_BIN={override} is not executable"
         return f"no kubelet under {cache_root()}/kubelet-*/ (devkit/provision.sh builds it)"
     if not (CGROUP_ROOT / "memory").is_dir():
         return "no cgroup v1 memory controller at /sys/fs/cgroup/memory (the kubelet here uses cgroupfs v1)"
