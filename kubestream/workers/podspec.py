@@ -354,26 +354,28 @@ def build_pod(
     return {"apiVersion": "v1", "kind": "Pod", **pod}  # _check_kind: any set ones match
 
 
-def _base_containers(pod: Pod) -> list[dict[str, Any]]:
-    containers = (pod.get("spec") or {}).get("containers") or []
-    return [c for c in containers if isinstance(c, dict) and c.get("name") == BASE_CONTAINER]
-
-
-def _swap_in_commands(pod: Pod, old: str, new: str) -> None:
-    """In the ``base`` container only: no other container gets the workload (and its token) this way."""
-    for container in _base_containers(pod):
-        for name in _COMMAND_FIELDS:
-            items = container.get(name)
-            if isinstance(items, list):
-                container[name] = [new if item == old else item for item in items]
+def _swap_in_commands(pod: Pod, old: str, new: str) -> Pod:
+    """``pod`` with the ``base`` container's command/args items equal to ``old`` reading ``new``: only that
+    container (no other gets the workload, and its token, this way). Copies the path it changes, shares the rest."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("containers"), list):
+        return pod
+    containers = []
+    for container in spec["containers"]:
+        if isinstance(container, dict) and container.get("name") == BASE_CONTAINER:
+            container = dict(container)
+            for name in _COMMAND_FIELDS:
+                items = container.get(name)
+                if isinstance(items, list):
+                    container[name] = [new if item == old else item for item in items]
+        containers.append(container)
+    return {**pod, "spec": {**spec, "containers": containers}}
 
 
 def conceal_workload(pod: Pod, workload_json: str) -> Pod:
-    """A copy of ``pod`` whose ``base`` container's command/args items equal to ``workload_json`` read
-    ``WORKLOAD_PLACEHOLDER``."""
-    out = copy.deepcopy(pod)
-    _swap_in_commands(out, workload_json, WORKLOAD_PLACEHOLDER)
-    return out
+    """``pod`` whose ``base`` container's command/args items equal to ``workload_json`` read
+    ``WORKLOAD_PLACEHOLDER`` (a new pod sharing what it did not change with ``pod``)."""
+    return _swap_in_commands(pod, workload_json, WORKLOAD_PLACEHOLDER)
 
 
 def _mutated(pod: Pod, pod_mutation: Pod, workload_json: str, image: str) -> Pod:
@@ -382,7 +384,7 @@ def _mutated(pod: Pod, pod_mutation: Pod, workload_json: str, image: str) -> Pod
     out = _normalize(mergepatch.apply(pod, pod_mutation), "pod_mutation")
     _check_kind(out, "pod_mutation")
     assert out is not None  # apply() of a mapping is a mapping
-    _swap_in_commands(out, WORKLOAD_PLACEHOLDER, workload_json)
+    out = _swap_in_commands(out, WORKLOAD_PLACEHOLDER, workload_json)
     for container in (out.get("spec") or {}).get("containers") or []:
         if container.get("name") == BASE_CONTAINER and not container.get("image") and image:
             container["image"] = image
