@@ -27,7 +27,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,8 @@ from kubestream.messages import LaunchTask, RevokeTask, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.signing import Signer, Unsigned
 from kubestream.store import TaskStore
+from kubestream.taskkey import TaskKey
+from kubestream.text import as_text
 
 DISPATCH_SEPARATOR = "+relaunch-"  # the dispatch of relaunch n of dispatch X: X+relaunch-n
 RECORD_FIELD = "launch_failures"  # task record field: JSON list of the relaunched attempts
@@ -165,6 +167,24 @@ class Relauncher:
         if launch is None or not launch.attempts:
             return ""
         return "; earlier launch attempts: " + " | ".join(a["reason"] for a in launch.attempts)
+
+    def superseded(self, keys: Sequence[TaskKey]) -> set[TaskKey]:
+        """Of the keys of FAILED events this executor does not hold a launch for, those whose task record
+        holds a relaunch's dispatch that has not failed: the event is the failure that relaunch answered,
+        applied again after a restart between the relaunch and the event's acknowledgement. One round trip;
+        a Redis error answers none (the failures are reported)."""
+        if not keys:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(self.keys.task(key.pod_name()), "dispatch", "state")
+        try:
+            rows = pipe.execute()
+        except redis.RedisError as exc:
+            self.log.warning("could not read %d task records, reporting their failures: %s", len(keys), exc)
+            return set()
+        return {key for key, (dispatch, state) in zip(keys, rows, strict=True)
+                if DISPATCH_SEPARATOR in as_text(dispatch) and as_text(state) != "failed"}
 
     def decide(self, ti_key: Any, event: TaskStateChanged, db_state: str | None) -> Decision:
         launch = self._launches.get(ti_key)

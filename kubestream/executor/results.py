@@ -10,6 +10,7 @@ Rules (docs/architecture.md, "state mapping"):
 - FAILED fails the task with the reason as info, unless the pod failed before the task process
   started and ``relaunch`` launches it again (``kubestream.executor.relaunch``: the task instance is
   still QUEUED in the Airflow DB, one query per sync for all such events);
+  a failure already answered by a relaunch (re-read after a restart) is ignored;
 - SUCCEEDED means the pod's process exited 0, which the workload does even
   when the task failed: the executor reports the state the task wrote to the
   Airflow DB (one query per sync for all such events), as the
@@ -65,6 +66,7 @@ def _newest_tries(running: Iterable[TaskInstanceKeyLike]) -> dict[tuple[str, str
 def apply(executor: ResultSink, events: Sequence[TaskStateChanged], relauncher: Relauncher | None = None) -> None:
     succeeded: list[TaskKey] = []
     launch_failures: list[TaskStateChanged] = []
+    other_failures: list[TaskStateChanged] = []  # with a relauncher: checked for a relaunch that superseded them
     newest: dict[tuple[str, str, str, int], int] | None = None  # walked from running when first needed
     for event in events:
         k = event.key
@@ -82,13 +84,22 @@ def apply(executor: ResultSink, events: Sequence[TaskStateChanged], relauncher: 
             if ext:
                 executor.running_state(ti_key, info=ext)
         elif event.state is TaskState.FAILED:
-            if relauncher is not None and relauncher.knows(ti_key):
-                launch_failures.append(event)
+            if relauncher is not None:
+                (launch_failures if relauncher.knows(ti_key) else other_failures).append(event)
                 continue
             executor.log.info("task failed: %s: %s (pod %s)", event.key, event.reason, event.pod_name)
             executor.fail(ti_key, info=event.reason or None)
         elif event.state is TaskState.SUCCEEDED:
             succeeded.append(event.key)
+    if other_failures and relauncher is not None:
+        superseded = relauncher.superseded([e.key for e in other_failures])
+        for event in other_failures:
+            if event.key in superseded:
+                executor.log.info("ignoring failed for a pod launched again since: %s: %s (pod %s)", event.key,
+                                  event.reason, event.pod_name)
+                continue
+            executor.log.info("task failed: %s: %s (pod %s)", event.key, event.reason, event.pod_name)
+            executor.fail(airflow_key(event.key), info=event.reason or None)
     if launch_failures and relauncher is not None:
         relaunch_or_fail(executor, relauncher, launch_failures)
     if succeeded:

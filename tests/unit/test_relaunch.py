@@ -148,6 +148,10 @@ class RecordingRelauncher(Relauncher):
         super().__init__(None, None, None, settings, None, logging.getLogger("test.relaunch"))  # type: ignore[arg-type]
         self.done: list[tuple[str, str]] = []
         self.down = down
+        self.stale: set[TaskKey] = set()  # what superseded() answers
+
+    def superseded(self, keys: Sequence[TaskKey]) -> set[TaskKey]:
+        return {k for k in keys if k in self.stale}
 
     def relaunch(self, ti_key: Any, event: TaskStateChanged) -> bool:
         if self.down:
@@ -211,6 +215,14 @@ def test_a_task_seen_running_is_never_relaunched_and_unknown_tasks_cost_no_db_qu
     assert sink.lookups == 0
 
 
+def test_a_failure_a_relaunch_answered_before_a_restart_is_not_reported_again() -> None:
+    sink = Sink({}, key("a"), key("b"))
+    rl = RecordingRelauncher(retries=1)  # restarted: it holds no launch
+    rl.stale = {key("a")}
+    apply(sink, [failed("a"), failed("b")], rl)
+    assert sink.calls == [("fail", "b", PULL)] and sink.lookups == 0
+
+
 def test_retries_zero_remembers_nothing_and_a_redis_failure_reports() -> None:
     sink = Sink({"a": "queued"}, key("a"))
     off = RecordingRelauncher(retries=0)
@@ -267,10 +279,16 @@ def test_relaunch_writes_revoke_record_and_launch_and_old_pod_events_are_stale(r
     assert store.publish(late, dispatch="ext").detail == "stale dispatch"
     assert store.publish(TaskStateChanged(key=k, state=TaskState.RUNNING), dispatch="ext+relaunch-1").published
 
+    # after a restart (no launch held), the failure the relaunch answered is superseded; a failure of the
+    # relaunched pod itself is not
+    assert rl.superseded([k, key("other")]) == {k}
+
     # a second relaunch counts on from the original dispatch and keeps the first attempt's reason
     assert rl.relaunch(ti_key, failed("flaky", "ErrImagePull: again"))
     record = store.record(k.pod_name())
     assert record["dispatch"] == "ext+relaunch-2" and len(log_lines(record)) == 2
+    assert store.publish(failed("flaky", "ErrImagePull: third"), dispatch="ext+relaunch-2").published
+    assert rl.superseded([k]) == set()
 
 
 def test_relaunch_with_redis_down_writes_nothing_and_says_so(redis_server, keys, key_prefix) -> None:
