@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit import kubelet_rules as kr
-from devkit.kubeletlogs import KubeletLogServer
+from devkit.kubeletlogs import KubeletLogServer, NoLog, log_refusal
 from kubestream.backoff import backoff_delay
 from kubestream.kubeapi import MERGE_PATCH, ApiError, Gone, PodApi, PodWatch, request
 
@@ -449,9 +449,16 @@ class SimKubelet:
     # -- pods/log ------------------------------------------------------------------------------------
     def _container_log(self, namespace: str, name: str, container: str) -> bytes | None:
         """What ``/containerLogs`` serves: a process-mode pod's captured output, else fixed lines
-        (``rule_log_lines``); None for a pod of a namespace this kubelet does not serve."""
+        (``rule_log_lines``); None for a pod of a namespace this kubelet does not serve or that is gone.
+        A container that never started has no log (``NoLog``, as a kubelet refuses it)."""
         if not self._in_scope(namespace):
             return None
+        pod = self.pods.get(namespace, name, timeout=REQUEST_TIMEOUT)
+        if pod is None:
+            return None
+        refusal = log_refusal(pod, container)
+        if refusal is not None:
+            raise NoLog(refusal)
         if self.work_dir is not None:
             path = self.work_dir / namespace / f"{name}.log"
             if path.is_file():

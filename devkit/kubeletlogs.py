@@ -17,10 +17,33 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger("kubestream.kubelet.logs")
 LogSource = Callable[[str, str, str], bytes | None]  # (namespace, pod, container) -> log, None: unknown
+
+
+class NoLog(Exception):
+    """The container has no log to serve (yet): answered as a kubelet does, 400 with the message."""
+
+
+def log_refusal(pod: dict[str, Any], container: str) -> str | None:
+    """Why a kubelet would refuse ``container``'s log (its ``validateContainerLogStatus``), None when it
+    serves it: a container that is running or has terminated, or waits after having run, has a log."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    statuses = [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]
+    found = next((s for s in statuses if s.get("name") == container), None)
+    where = f"container {container!r} in pod {meta.get('name')!r}"
+    if found is None:
+        return f"{where} is waiting to start: ContainerCreating"
+    state = found.get("state") or {}
+    if "running" in state or "terminated" in state:
+        return None
+    if "terminated" in (found.get("lastState") or {}):
+        return None
+    reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+    return f"{where} is waiting to start: {reason}"
 
 
 def tail(data: bytes, lines: int | None, limit_bytes: int | None) -> bytes:
@@ -85,7 +108,11 @@ class KubeletLogServer:
                 if len(parts) != 4 or parts[0] != "containerLogs":
                     self._answer(404, b"not found\n")
                     return
-                data = source(parts[1], parts[2], parts[3])
+                try:
+                    data = source(parts[1], parts[2], parts[3])
+                except NoLog as exc:
+                    self._answer(400, str(exc).encode())
+                    return
                 if data is None:
                     self._answer(404, f"container {parts[3]} of pod {parts[1]}/{parts[2]} not found\n".encode())
                     return

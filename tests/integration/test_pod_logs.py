@@ -247,3 +247,23 @@ def test_a_pod_that_is_gone_is_not_found(pipeline: Pipeline, streams: Streams, r
 
     assert reply.status is Status.NOT_FOUND and reply.text == "", reply
     assert reply.message == "no pod (not created yet, or deleted)"
+
+
+def test_a_container_that_never_started_has_no_log_and_says_why(pipeline: Pipeline, streams: Streams,
+                                                                 redis_client: redis.Redis, keys: Keys,
+                                                                 settings: Settings) -> None:
+    pipeline.launcher()
+    start_watching(pipeline, streams, redis_client, keys)
+    work = workload("logs", "never-starts", executor_config=sim("errimagepull"))
+    pipeline.submit([work])
+    pipeline.components.wait(lambda: streams.task(pod_name(work)).get("state") == "pending", timeout=60,
+                             what="the pod pending")
+
+    def waiting_reply() -> Any:
+        reply = request_log(redis_client, keys, signer_for(settings), task_key(work.ti.key), lines=4, timeout=30)
+        return reply if "ErrImagePull" in reply.message or "ImagePullBackOff" in reply.message else None
+
+    reply = pipeline.components.wait(waiting_reply, timeout=60, what="the kubelet's refusal with the pull error")
+    assert reply.status is Status.ERROR and reply.text == ""
+    assert reply.message.startswith("the API refused the log: 400 container 'base' in pod ")
+    assert "is waiting to start: " in reply.message

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from devkit.kubeletlogs import tail
+from devkit.kubeletlogs import log_refusal, tail
 from kubestream.keys import Keys
 from kubestream.podlogs import (
     MAX_LINES,
@@ -146,3 +146,25 @@ def test_reply_keys_and_groups() -> None:
 def test_the_simulated_kubelet_honours_tail_lines_and_limit_bytes(lines: int | None, limit: int | None,
                                                                   out: bytes) -> None:
     assert tail(b"1\n2\n3\n", lines, limit) == out
+
+
+def pod_with(*statuses: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "p"}, "status": {"containerStatuses": list(statuses)}}
+
+
+@pytest.mark.parametrize("pod, refusal", [
+    (pod_with({"name": "base", "state": {"running": {}}}), None),
+    (pod_with({"name": "base", "state": {"terminated": {"exitCode": 1}}}), None),
+    (pod_with({"name": "base", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"exitCode": 1}}}), None),  # it ran before: its last log
+    (pod_with({"name": "base", "state": {"waiting": {"reason": "ErrImagePull"}}}),
+     "container 'base' in pod 'p' is waiting to start: ErrImagePull"),
+    (pod_with({"name": "base", "state": {"waiting": {}}}), "container 'base' in pod 'p' is waiting to start: "
+                                                           "ContainerCreating"),
+    (pod_with(), "container 'base' in pod 'p' is waiting to start: ContainerCreating"),  # no status yet
+    (pod_with({"name": "sidecar", "state": {"running": {}}}), "container 'base' in pod 'p' is waiting to start: "
+                                                               "ContainerCreating"),
+])
+def test_the_simulated_kubelet_refuses_the_log_of_a_container_that_never_started(
+        pod: dict[str, Any], refusal: str | None) -> None:
+    assert log_refusal(pod, "base") == refusal
