@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -24,6 +25,7 @@ from kubestream import podlogs
 from kubestream.executor import relaunch, results
 from kubestream.executor.config import check_team_prefix, prefixes_taken, settings_from_airflow
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
+from kubestream.executor.mutation import PodMutation, PodMutationHookError
 from kubestream.keys import RESULTS_GROUP, Keys
 from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
 from kubestream.redisconn import connect, eviction_warning
@@ -189,6 +191,12 @@ class KubeStreamExecutor(BaseExecutor):
             self.redis.close()
 
     # -- dispatch -------------------------------------------------------------------------------
+    @cached_property
+    def _pod_mutation(self) -> PodMutation | None:
+        """The deployment's pod_mutation_hook, looked for once (at the first dispatch); None: no hook."""
+        assert self.settings is not None
+        return PodMutation.for_airflow(self.settings)
+
     def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
         from airflow.executors.workloads import ExecuteTask
 
@@ -199,7 +207,7 @@ class KubeStreamExecutor(BaseExecutor):
             if not isinstance(w, ExecuteTask):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
-                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir)
+                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir, mutation=self._pod_mutation)
                 try:
                     namespace = self.settings.namespace_for_launch(msg.queue, msg.requested_namespace)
                 except ValueError as exc:
@@ -210,7 +218,8 @@ class KubeStreamExecutor(BaseExecutor):
                                               f"{self.settings.max_message_bytes} (pod_override or template too big)")
                 launches.append((w.ti.key, msg, raw, namespace, self.settings.band_for(w.ti.priority_weight or 0)))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
-                reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else \
+                reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else str(exc) \
+                    if isinstance(exc, PodMutationHookError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
                 self.log.error("%s: %s", w.ti.key, reason)
                 del self.queued_tasks[w.ti.key]
