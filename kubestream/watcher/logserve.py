@@ -47,6 +47,7 @@ from kubestream.signing import SignatureError, Signer, Unsigned
 from kubestream.store import TaskStore
 from kubestream.taskkey import MANAGED_LABEL, PREFIX_ANNOTATION, key_from_annotations
 from kubestream.text import stream_entries
+from kubestream.watcher.metrics import WatcherMetrics
 
 log = logging.getLogger("kubestream.watcher.logs")
 READ_FACTOR = 8  # bytes read from the API per byte answered: room for a tail of long lines
@@ -58,9 +59,11 @@ class LogServer:
     """Serves pod log requests on a thread of its own (``start``/``stop``), handling a few at once."""
 
     def __init__(self, settings: Settings, client: redis.Redis, pods: PodApi, store: TaskStore,
-                 signer: Signer | Unsigned, name: str, *, workers: int = 4) -> None:
+                 signer: Signer | Unsigned, name: str, *, workers: int = 4,
+                 metrics: WatcherMetrics | None = None) -> None:
         self.settings, self.redis, self.pods, self.store, self.signer, self.name = (
             settings, client, pods, store, signer, name)
+        self.metrics = metrics
         self.keys = Keys(settings.key_prefix, settings.cluster)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,10 +145,12 @@ class LogServer:
             request = parse_request(self.signer.verify(stream, fields), now=time.time())
         except (SignatureError, BadRequest) as exc:
             self.dropped += 1
+            self._count("dropped")
             log.warning("pod log request dropped: %s", exc, extra={"entry": eid})
             return None
         answer = self.answer(request)
         if answer is None:
+            self._count("elsewhere")
             log.info("pod log request for a pod not in this cluster", extra={"entry": eid, "task": str(request.key)})
             return None
         reply_key = self.keys.log_reply(request.reply_id)
@@ -155,10 +160,15 @@ class LogServer:
         pipe.expire(reply_key, REPLY_TTL_SECONDS)
         pipe.execute()
         self.served += 1
+        self._count(answer.status.value)
         log.info("pod log request answered: %s %s", answer.status.value, answer.message,
                  extra={"entry": eid, "task": str(request.key), "pod": answer.pod, "namespace": answer.namespace,
                         "bytes": len(answer.text)})
         return answer
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.log_requests.labels(outcome).inc()
 
     def answer(self, request: LogRequest) -> LogReply | None:
         """What to answer ``request`` (None: stay silent, the pod is in another cluster)."""

@@ -30,5 +30,8 @@ class WatcherMetrics(Metrics):
             snapshot="deletes_{outcome}_total")
         self.foreign_pods = self.counter(
             "foreign_pods_total", "Pods with kubestream's labels whose name is not their task's pod name (ignored)")
+        self.log_requests = self.counter(
+            "log_requests_total", "Pod log requests handled, by outcome (an answer's status, dropped, elsewhere)",
+            ("outcome",), snapshot="log_requests_{outcome}_total")
         self.redis_resets = self.counter(
             "redis_resets_total", "Redis data losses detected (the data epoch changed): live state rebuilt")

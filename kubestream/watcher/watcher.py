@@ -159,7 +159,8 @@ class Watcher:
         self.heartbeat = Heartbeat(redis_client, self.keys.health("watcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"leader": "1" if self.leading else "0"})
         # pod log requests (get_task_log): served by every watcher process, leading or not
-        self.logs = LogServer(settings, redis_client, self.pods, self.store, signer, self.name)
+        self.logs = LogServer(settings, redis_client, self.pods, self.store, signer, self.name,
+                              metrics=self.metrics)
 
     @property
     def leading(self) -> bool:

@@ -6,6 +6,7 @@ mode: each container's log is ``RULE_LOG_LINES`` numbered lines)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -45,6 +46,15 @@ def log_server_ready(client: redis.Redis, keys: Keys) -> bool:
     except redis.ResponseError:
         return False
     return any(g["name"] in (keys.log_group, keys.log_group.encode()) for g in groups)
+
+
+def watcher_metrics(client: redis.Redis, keys: Keys) -> dict[str, float]:
+    """The metrics the (one) watcher process last wrote to its health record."""
+    for key in client.scan_iter(keys.health("watcher", "*")):
+        raw = client.hget(key, "metrics")
+        if raw:
+            return dict(json.loads(raw))
+    return {}
 
 
 def start_watching(pipeline: Pipeline, streams: Streams, redis_client: redis.Redis, keys: Keys) -> None:
@@ -141,6 +151,8 @@ def test_an_unsigned_or_forged_request_gets_nothing(pipeline: Pipeline, streams:
     pipeline.components.wait(lambda: not redis_client.xrange(keys.log_requests, eid, eid), timeout=30,
                              what="the request handled")
     assert redis_client.exists(keys.log_reply(reply_id)) == 0
+    pipeline.components.wait(lambda: watcher_metrics(redis_client, keys).get("log_requests_dropped_total") == 1,
+                             timeout=30, what="the dropped request counted")
     # the same request, signed with the deployment's key, is answered
     good = request_log(redis_client, keys, signer_for(settings), task_key(work.ti.key), lines=5, timeout=30)
     assert good.status is Status.OK and good.text.count("\n") == 5
