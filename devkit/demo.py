@@ -6,7 +6,10 @@ the watcher, and Airflow (api-server, dag-processor, scheduler) with
 ``KubeStreamExecutor``; triggers the ``kubestream_demo`` DAG, shows progress,
 prints where the UI is and a summary, and stops everything it started (also on
 Ctrl-C). ``--keep`` leaves it running for the UI until Ctrl-C; ``--down``
-stops a demo left running by a terminal that went away. Logs stay in the state
+stops a demo left running by a terminal that went away. ``--real-node`` runs the
+pods on a real kubelet + Docker node instead (``devkit.realnode``: root, dockerd
+and the cached kubelet needed): each task in a container of the node's Debian
+base image with this machine's Python and Airflow mounted read-only. Logs stay in the state
 directory (``KUBESTREAM_DEMO_DIR``, default /tmp/kubestream-demo-<uid>)
 until the next run, which starts from scratch.
 """
@@ -31,6 +34,7 @@ from devkit.cluster import LocalCluster
 from devkit.kubelet import SimKubelet
 from devkit.postgres import PostgresServer
 from devkit.procs import spawn, stop_pid, wait_for
+from devkit.realnode import RealNode, host_runtime_template
 from devkit.redisserver import RedisServer
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.kubeapi import api_client
@@ -38,6 +42,7 @@ from kubestream.kubeapi import api_client
 DAG_ID = "kubestream_demo"
 NAMESPACE = "kubestream-demo"
 STATE_DIR = Path(os.environ.get("KUBESTREAM_DEMO_DIR", Path(tempfile.gettempdir()) / f"kubestream-demo-{os.getuid()}"))
+NODE_DIR = Path(f"/tmp/ks-demo-node-{os.getuid()}")  # short: the node's dockerd sockets live under it
 
 
 def _say(text: str) -> None:
@@ -45,12 +50,14 @@ def _say(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, real_node: bool = False) -> None:
         self.work = work
+        self.real_node = real_node
+        self.node: RealNode | None = None
         self.pids: list[int] = []
         self.postgres = PostgresServer(data_dir=work / "postgres")
         self.redis = RedisServer(data_dir=work / "redis")
-        self.cluster = LocalCluster(work / "cluster")
+        self.cluster = LocalCluster(work / "cluster", real_node=real_node)
         self.kubelet: SimKubelet | None = None
         self.stack: AirflowStack | None = None
 
@@ -70,11 +77,20 @@ class Demo:
         stack = self.stack = AirflowStack(self.work / "airflow", dags, self.postgres.url, {
             "redis_url": self.redis.url, "namespace": NAMESPACE, "signing_keys": DEV_SIGNING_KEYS},
             extra={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"})
-        self.kubelet = SimKubelet(api_client(state.kubeconfig("kubelet")), node_name="demo-node", mode="process",
-                                  namespaces=[NAMESPACE], work_dir=self.work / "pods",
-                                  extra_env=stack.task_env()).start()
         env = {**os.environ, "KUBESTREAM_REDIS_URL": self.redis.url, "KUBESTREAM_NAMESPACE": NAMESPACE,
                "KUBESTREAM_SIGNING_KEYS": DEV_SIGNING_KEYS}
+        if self.real_node:
+            _say("starting a real node: kubelet v1.20 + Docker in namespaces of their own")
+            self.node = RealNode(state, NODE_DIR)
+            node = self.node.up()
+            template = self.work / "pod_template.yaml"
+            template.write_text(json.dumps(host_runtime_template(node.base_image, stack.task_env(), [stack.home])))
+            env |= {"KUBESTREAM_POD_TEMPLATE_FILE": str(template), "KUBESTREAM_POD_POLICY": "off",
+                    "KUBESTREAM_WORKER_IMAGE": node.base_image}
+        else:
+            self.kubelet = SimKubelet(api_client(state.kubeconfig("kubelet")), node_name="demo-node", mode="process",
+                                      namespaces=[NAMESPACE], work_dir=self.work / "pods",
+                                      extra_env=stack.task_env()).start()
         for name, identity in (("launcher-1", "launcher"), ("launcher-2", "launcher"), ("watcher", "watcher")):
             proc = spawn([sys.executable, "-m", "kubestream.cli", identity],
                          self.work / f"{name}.log", env={**env, "KUBESTREAM_KUBE_CONFIG": state.kubeconfig(identity),
@@ -99,6 +115,8 @@ class Demo:
             self.kubelet.stop()
         for pid in reversed(self.pids):
             stop_pid(pid, timeout=15)
+        if self.node is not None:
+            self.node.down()
         self.cluster.down()
         self.redis.stop()
         self.postgres.stop()
@@ -142,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything running after the run (Ctrl-C stops)")
     parser.add_argument("--down", action="store_true", help="stop a demo left running")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--real-node", action="store_true",
+                        help="run the pods on a real kubelet + Docker node (needs root, dockerd, the cached kubelet)")
     args = parser.parse_args(argv)
     if args.down:
         return _down_leftover()
@@ -149,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         _down_leftover()
     shutil.rmtree(STATE_DIR, ignore_errors=True)  # the previous run's logs and data: each run starts fresh
     STATE_DIR.mkdir(parents=True)
-    demo = Demo(STATE_DIR)
+    demo = Demo(STATE_DIR, real_node=args.real_node)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack = demo.up()
@@ -180,6 +200,9 @@ def _down_leftover() -> int:
         except (ProcessLookupError, PermissionError):
             pass
         stop_pid(pid, timeout=15)
+    cluster = LocalCluster(STATE_DIR / "cluster").load()
+    if cluster is not None:
+        RealNode(cluster, NODE_DIR).down()  # nothing to do without a node state there
     LocalCluster(STATE_DIR / "cluster").down()
     pids_file.unlink(missing_ok=True)
     _say(f"stopped {len(pids)} leftover processes and the local cluster")

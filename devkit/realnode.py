@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -96,6 +97,26 @@ def pod_template(image: str) -> dict[str, Any]:
             "spec": {"nodeName": NODE_NAME, "hostNetwork": True, "restartPolicy": "Never",
                      "terminationGracePeriodSeconds": 2,
                      "containers": [{"name": "base", "image": image, "imagePullPolicy": "Never"}]}}
+
+
+def host_runtime_template(image: str, env: dict[str, str], writable: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """``pod_template(image)`` for Airflow tasks without an Airflow image: this machine's ``/usr``, the repository,
+    the running venv and its Python mounted read-only (hostPath) into the node's Debian base image, ``writable``
+    directories mounted read-write (e.g. AIRFLOW_HOME), and ``env`` (the Airflow stack's task environment)."""
+    repo = Path(__file__).resolve().parents[1]
+    paths: list[str] = []
+    for path in sorted({"/usr", str(repo), sys.prefix, sys.base_prefix}):
+        if not any(path == p or path.startswith(p + "/") for p in paths):
+            paths.append(path)
+    mounts = [(f"host-{i}", path, True) for i, path in enumerate(paths)]
+    mounts += [(f"rw-{i}", str(path), False) for i, path in enumerate(writable)]
+    template = pod_template(image)
+    template["spec"]["volumes"] = [{"name": name, "hostPath": {"path": path, "type": "Directory"}}
+                                   for name, path, _ in mounts]
+    container = template["spec"]["containers"][0]
+    container["volumeMounts"] = [{"name": name, "mountPath": path, "readOnly": ro} for name, path, ro in mounts]
+    container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    return template
 
 
 def default_node_dir() -> Path:

@@ -3,50 +3,30 @@ tasks run as containers on the real node: the task process (``execute_workload``
 container started by the real kubelet and talks to the execution API over the host network.
 
 The container's image is the node's Debian base; its Python, Airflow and kubestream come from this
-machine through read-only hostPath mounts (``/usr``, the repository, the venv and its Python): the
-project's ``airflow`` image is not built for this tier (it would cost a full image build per session).
+machine through read-only hostPath mounts (``devkit.realnode.host_runtime_template``: ``/usr``, the
+repository, the venv and its Python): the project's ``airflow`` image is not built for this tier (it
+would cost a full image build per session).
 """
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from devkit.airflowstack import AirflowStack
-from devkit.components import REPO_ROOT, Components
+from devkit.components import Components
 from devkit.postgres import PostgresServer
-from devkit.realnode import pod_template
+from devkit.realnode import host_runtime_template
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.settings import Settings
 
 pytestmark = pytest.mark.realnode
 
 DAGS = Path(__file__).with_name("dags")
-
-
-def host_runtime_template(image: str, env: dict[str, str], airflow_home: Path) -> dict[str, Any]:
-    """The real node's pod template, plus this machine's Python (``/usr``), the repository (its ``.venv``,
-    the DAGs) and AIRFLOW_HOME mounted read-only, and the task environment of the Airflow stack."""
-    template = pod_template(image)
-    paths: list[str] = []
-    for path in sorted({"/usr", str(REPO_ROOT), sys.prefix, sys.base_prefix}):  # the venv and its Python
-        if not any(path == p or path.startswith(p + "/") for p in paths):
-            paths.append(path)
-    mounts = [(f"host-{i}", path, True) for i, path in enumerate(paths)]
-    mounts.append(("airflow-home", str(airflow_home), False))
-    template["spec"]["volumes"] = [{"name": name, "hostPath": {"path": path, "type": "Directory"}}
-                                   for name, path, _ in mounts]
-    container = template["spec"]["containers"][0]
-    container["volumeMounts"] = [{"name": name, "mountPath": path, "readOnly": ro} for name, path, ro in mounts]
-    container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
-    container["env"].append({"name": "KUBESTREAM_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-    return template
 
 
 @pytest.fixture
@@ -59,8 +39,10 @@ def airflow_on_node(redis_server, cluster, local_cluster, real_node, tmp_path) -
     with PostgresServer() as pg:
         stack = AirflowStack(tmp_path / "airflow", DAGS, pg.url, kubestream)
         template = tmp_path / "pod_template.yaml"
-        template.write_text(yaml.safe_dump(host_runtime_template(real_node.base_image, stack.task_env(),
-                                                                 stack.home)))
+        pods = host_runtime_template(real_node.base_image, stack.task_env(), [stack.home])
+        pods["spec"]["containers"][0]["env"].append(
+            {"name": "KUBESTREAM_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        template.write_text(yaml.safe_dump(pods))
         settings = Settings.from_mapping({**kubestream, "pod_template_file": str(template), "pod_policy": "off",
                                           "worker_image": real_node.base_image, "delete_worker_pods": "false",
                                           "reclaim_idle_seconds": "10", "retry_budget_seconds": "5"})
