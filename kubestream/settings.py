@@ -217,7 +217,9 @@ class Settings:
     worker_image: str = field(default="apache/airflow:3.3.2", metadata=_doc(
         "Image of the task container `base` when the pod template does not set one.", _str))
     pod_template_file: str = field(default="", metadata=_doc(
-        "Launcher: default pod template (YAML) that every task pod starts from.", _str))
+        "Launcher: default pod template (YAML) that every task pod starts from. Executor, only with a "
+        "`pod_mutation_hook`: the template the hook is shown for tasks without their own (give it the same file).",
+        _str))
     pod_template_dir: str = field(default="", metadata=_doc(
         "Executor: directory a task's `executor_config` `pod_template_file` must resolve into (symlinks and `..` "
         "resolved); others fail the task. Empty: any file the scheduler can read, so a DAG author can use any "
