@@ -20,7 +20,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,34 @@ def local_cluster(real_node_possible: None, tmp_path_factory: pytest.TempPathFac
         yield local
     finally:
         local.down()
+
+
+# The root conftest's session fixtures built on the cluster, again for this directory: a session fixture
+# is computed once, so the root ones would keep the default cluster of a session that ran other tiers first.
+@pytest.fixture(scope="session")
+def cluster(local_cluster: LocalCluster) -> ClusterState:
+    state = local_cluster.running()
+    assert state is not None and state.real_node, "the real-node cluster stopped"
+    return state
+
+
+@pytest.fixture(scope="session")
+def api_for(cluster: ClusterState) -> Callable[[str], object]:
+    from kubestream.kubeapi import api_client
+
+    cache: dict[str, object] = {}
+
+    def get(identity: str) -> object:
+        if identity not in cache:
+            cache[identity] = api_client(cluster.kubeconfig(identity), pool_size=32)
+        return cache[identity]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def admin_api(api_for: Callable[[str], object]) -> object:
+    return api_for("admin")
 
 
 @pytest.fixture(scope="session")
