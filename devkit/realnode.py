@@ -22,8 +22,9 @@ pulled): ``pod_template()`` is a launcher pod template with those.
 
 ``down()`` deletes the node's pods, stops the kubelet, removes every container, stops dockerd and
 the holder (the kernel ends whatever is left in the PID namespace, and the mounts go with the
-namespace), removes the cgroups dockerd made, then checks that no process of the namespace, no
-mount under the state directory and no cgroup is left, and raises ``RealNodeError`` otherwise.
+namespace), removes the cgroups dockerd made (``kubestream-realnode-<dir name>``), then checks that
+no process of the namespace, no mount under the state directory and no such cgroup is left, and
+raises ``RealNodeError`` otherwise.
 State is kept in ``state.json`` so ``python -m devkit realnode up`` / ``down`` work across processes.
 """
 
@@ -48,7 +49,7 @@ from devkit.procs import free_port, pid_alive, spawn, stop_pid, wait_for
 ASSETS = Path(__file__).with_name("realnode_assets")
 PAUSE_IMAGE = "kubestream/pause:local"
 NODE_NAME = REAL_NODE_NAME
-CGROUP_PARENT = "kubestream-realnode"
+CGROUP_PARENT = "kubestream-realnode"  # + "-<state dir name>": two nodes on one machine never share one
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -186,12 +187,14 @@ def _mounts_under(prefix: Path) -> list[str]:
     return [p for p in points if p == text or p.startswith(text + "/")]
 
 
-def _cgroup_dirs() -> list[Path]:
-    return [d for d in CGROUP_ROOT.glob(f"*/{CGROUP_PARENT}") if d.is_dir()]
+def _cgroup_dirs(parent: str) -> list[Path]:
+    """``parent`` in every hierarchy, at any depth: a parent is relative to dockerd's own cgroup, which
+    need not be the root (e.g. a sandbox's per-command memory cgroup)."""
+    return sorted({d for d in CGROUP_ROOT.glob(f"*/**/{parent}") if d.is_dir()})
 
 
-def _remove_cgroups() -> None:
-    for top in _cgroup_dirs():
+def _remove_cgroups(parent: str) -> None:
+    for top in _cgroup_dirs(parent):
         for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             try:
                 sub.rmdir()
@@ -213,6 +216,7 @@ class RealNode:
         self.cluster = cluster
         self.dir = Path(state_dir)
         self.state_file = self.dir / "state.json"
+        self.cgroup_parent = f"{CGROUP_PARENT}-{self.dir.name}"
 
     # -- state ------------------------------------------------------------------------------------
     def load(self) -> NodeState | None:
@@ -283,11 +287,11 @@ class RealNode:
             wait_for(lambda: not _in_namespace(state.pid_ns), timeout=30, what="the node's processes to end")
         except TimeoutError:
             pass
-        _remove_cgroups()
+        _remove_cgroups(self.cgroup_parent)
         left = {
             "processes": _in_namespace(state.pid_ns),
             "mounts": _mounts_under(self.dir) if self.dir.exists() else [],
-            "cgroups": [str(d) for d in _cgroup_dirs()],
+            "cgroups": [str(d) for d in _cgroup_dirs(self.cgroup_parent)],
         }
         left = {k: v for k, v in left.items() if v}
         if not left:
@@ -347,7 +351,7 @@ class RealNode:
             "dockerd", "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
             "--pidfile", str(d / "docker.pid"), "--host", f"unix://{state.socket}",
             "--storage-driver", "vfs", "--bridge", "none", "--iptables=false", "--ip-forward=false",
-            "--ip-masq=false", "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", CGROUP_PARENT,
+            "--ip-masq=false", "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", self.cgroup_parent,
             "--add-runtime", f"kubestream-runc={wrapper}", "--default-runtime", "kubestream-runc",
             "--oom-score-adjust", "0", "--userland-proxy=false",
         ], "dockerd.log")
