@@ -2,25 +2,33 @@
 tasks run as containers on the real node: the task process (``execute_workload``) runs inside a pod's
 container started by the real kubelet and talks to the execution API over the host network.
 
-The container's image is the node's Debian base; its Python, Airflow and kubestream come from this
-machine through read-only hostPath mounts (``devkit.realnode.host_runtime_template``: ``/usr``, the
-repository, the venv and its Python): the project's ``airflow`` image is not built for this tier (it
-would cost a full image build per session).
+Two ways to get Airflow into the container:
+
+- the project's ``airflow`` image (Dockerfile target ``airflow`` on the node's Debian base), loaded into
+  the node's dockerd from the image ``devkit.docker`` last cached (``docker save``/``docker load`` across
+  daemons), else built there (a few minutes, once per machine). A cached image may hold an older
+  kubestream: the task process in it is Airflow's alone;
+- the node's Debian base with this machine's Python and Airflow mounted read-only
+  (``devkit.realnode.host_runtime_template``), as ``scripts/demo --real-node`` does.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from devkit.airflowstack import AirflowStack
 from devkit.components import Components
+from devkit.docker import build_image
+from devkit.docker import cache_dir as docker_cache_dir
 from devkit.postgres import PostgresServer
-from devkit.realnode import host_runtime_template
+from devkit.realnode import RealNode, host_runtime_template, pod_template
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.settings import Settings
 
@@ -29,8 +37,10 @@ pytestmark = pytest.mark.realnode
 DAGS = Path(__file__).with_name("dags")
 
 
-@pytest.fixture
-def airflow_on_node(redis_server, cluster, local_cluster, real_node, tmp_path) -> Iterator[AirflowStack]:
+@contextmanager
+def airflow_stack(redis_server, cluster, local_cluster, tmp_path: Path,
+                  pod_template: Callable[[AirflowStack], dict[str, Any]], image: str) -> Iterator[AirflowStack]:
+    """Airflow + launcher + watcher whose task pods start from ``pod_template(stack)``."""
     namespace = f"af-{uuid.uuid4().hex[:8]}"
     local_cluster.ensure_namespaces(cluster, (namespace,))
     kubestream = {"redis_url": redis_server.url, "key_prefix": f"rn{uuid.uuid4().hex[:6]}", "namespace": namespace,
@@ -39,12 +49,9 @@ def airflow_on_node(redis_server, cluster, local_cluster, real_node, tmp_path) -
     with PostgresServer() as pg:
         stack = AirflowStack(tmp_path / "airflow", DAGS, pg.url, kubestream)
         template = tmp_path / "pod_template.yaml"
-        pods = host_runtime_template(real_node.base_image, stack.task_env(), [stack.home])
-        pods["spec"]["containers"][0]["env"].append(
-            {"name": "KUBESTREAM_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-        template.write_text(yaml.safe_dump(pods))
+        template.write_text(yaml.safe_dump(pod_template(stack)))
         settings = Settings.from_mapping({**kubestream, "pod_template_file": str(template), "pod_policy": "off",
-                                          "worker_image": real_node.base_image, "delete_worker_pods": "false",
+                                          "worker_image": image, "delete_worker_pods": "false",
                                           "reclaim_idle_seconds": "10", "retry_budget_seconds": "5"})
         try:
             stack.migrate()
@@ -58,6 +65,48 @@ def airflow_on_node(redis_server, cluster, local_cluster, real_node, tmp_path) -
         finally:
             stack.stop()
             components.stop_all()
+
+
+@pytest.fixture
+def airflow_on_node(redis_server, cluster, local_cluster, real_node, tmp_path) -> Iterator[AirflowStack]:
+    def template(stack: AirflowStack) -> dict[str, Any]:
+        pods = host_runtime_template(real_node.base_image, stack.task_env(), [stack.home])
+        pods["spec"]["containers"][0]["env"].append(
+            {"name": "KUBESTREAM_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        return pods
+
+    with airflow_stack(redis_server, cluster, local_cluster, tmp_path, template, real_node.base_image) as stack:
+        yield stack
+
+
+def airflow_image(node: RealNode, base: str) -> str:
+    """The project's ``airflow`` image (Dockerfile target ``airflow`` on the node's Debian base) in the node's
+    dockerd: loaded from the newest one ``devkit.docker`` cached, else built there (a few minutes)."""
+    cached = sorted(docker_cache_dir().glob("image-kubestream-airflow-*.tar"), key=lambda p: p.stat().st_mtime)
+    if cached:
+        out = node.docker("load", "-i", str(cached[-1]), timeout=900).stdout
+        loaded = [line.split("Loaded image: ", 1)[1].strip() for line in out.splitlines() if "Loaded image: " in line]
+        if loaded:
+            return loaded[0]
+    return build_image(node.dockerd(), "airflow", base)
+
+
+@pytest.fixture
+def airflow_in_its_image(redis_server, cluster, local_cluster, real_node, node, tmp_path) -> Iterator[AirflowStack]:
+    image = airflow_image(node, real_node.base_image)
+
+    def template(stack: AirflowStack) -> dict[str, Any]:
+        pods = pod_template(image)
+        env = {k: v for k, v in stack.task_env().items() if k not in ("PATH", "AIRFLOW_HOME")}
+        container = pods["spec"]["containers"][0]
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+        pods["spec"]["volumes"] = [{"name": "dags", "hostPath": {"path": str(DAGS), "type": "Directory"}}]
+        container["volumeMounts"] = [{"name": "dags", "mountPath": str(DAGS), "readOnly": True}]
+        return pods
+
+    with airflow_stack(redis_server, cluster, local_cluster, tmp_path, template, image) as stack:
+        stack.image = image  # type: ignore[attr-defined]
+        yield stack
 
 
 def test_airflow_tasks_run_in_containers_of_the_real_node(airflow_on_node, core, node) -> None:
@@ -80,3 +129,20 @@ def test_airflow_tasks_run_in_containers_of_the_real_node(airflow_on_node, core,
         ids = node.docker("ps", "-aq", "--filter", f"label=io.kubernetes.pod.name={pod.metadata.name}",
                           "--filter", "label=io.kubernetes.container.name=base").stdout.split()
         assert ids, pod.metadata.name
+
+
+def test_airflow_tasks_run_in_the_projects_airflow_image(airflow_in_its_image, core, node) -> None:
+    from devkit.procs import wait_for
+
+    stack = airflow_in_its_image
+    stack.wait_dag_parsed("ks_realnode")
+    stack.trigger("ks_realnode", "run-image")
+    wait_for(lambda: stack.run_state("ks_realnode", "run-image") in ("success", "failed"), timeout=300, interval=1,
+             what="the ks_realnode run")
+    states = {k: v["state"] for k, v in stack.task_states("ks_realnode", "run-image").items()}
+    pods = core.list_namespaced_pod(stack.namespace).items
+    logs = {p.metadata.name: core.read_namespaced_pod_log(p.metadata.name, stack.namespace,
+                                                          _preload_content=False).data.decode()[-3000:]
+            for p in pods}
+    assert states == {("where", -1): "success", ("boom", -1): "failed"}, logs
+    assert {c.image for p in pods for c in p.spec.containers} == {stack.image}
