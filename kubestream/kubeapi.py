@@ -8,6 +8,10 @@
   uid precondition, one page of a list, and a watch whose events are decoded here.
 - ``request`` / ``raw``: one call, its response read fully and its connection given
   back to the pool (a response left unread costs a new TLS handshake on the next call).
+  ``request`` (every ``PodApi`` call but ``log`` and ``watch``) sends on the ApiClient's own
+  urllib3 pool, auth and headers, without its per-call machinery: the body is encoded once,
+  compact, from the plain dicts as they are (``encode_body``), and the answer is not
+  deserialized beyond ``json.loads`` (on a loaded launcher this is CPU per create).
 - Every error answer is an ``ApiError`` (status, reason, body, headers, which
   ``apierrors.classify_exception`` reads); 410, as an HTTP status or as an ERROR event
   inside a watch, is ``Gone``.
@@ -16,13 +20,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlencode
 
+import urllib3
 from kubernetes import client, config
 
 Pod = dict[str, Any]
@@ -190,10 +197,55 @@ def _call_api(api: Any, method: str, path: str, body: Any, query: Query, content
     return call
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime.date):  # a YAML template's unquoted date, as the client's sanitize sends it
+        return obj.isoformat()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def encode_body(body: Any) -> bytes:
+    """API JSON (plain dicts, lists, scalars) as a request body: compact, ASCII, encoded once; dates as
+    ISO 8601 (as the client's ``sanitize_for_serialization``). TypeError for anything else."""
+    return json.dumps(body, separators=(",", ":"), default=_json_default).encode("ascii")
+
+
+def exchange(api: Any, method: str, path: str, body: bytes | None = None, *, query: Query | None = None,
+             content_type: str = JSON, timeout: Timeout = REQUEST_TIMEOUT) -> bytes:
+    """One request on ``api``'s connection pool with its host, default headers and bearer token (the
+    configuration's, refreshed by its hook as the client does), ``body`` sent as given; the answer's body,
+    read fully, the connection given back to the pool. Non-2xx: ``ApiError`` (``Gone`` for 410); a TLS
+    failure: ``ApiError`` with status 0 (as the client's); other connection errors are urllib3's own."""
+    headers = {"Accept": JSON, "Content-Type": content_type, **api.default_headers}
+    if api.cookie:
+        headers["Cookie"] = api.cookie
+    params = list(query or ())
+    api.update_params_for_auth(headers, params, ["BearerToken"])
+    url = api.configuration.host + path
+    if params:
+        url += "?" + urlencode(params)
+    try:
+        resp = api.rest_client.pool_manager.request(method, url, body=body, headers=headers, preload_content=False,
+                                                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+    except urllib3.exceptions.SSLError as exc:
+        raise ApiError(0, f"{type(exc).__name__}\n{exc}") from None
+    try:
+        data: bytes = resp.data
+    finally:
+        resp.release_conn()
+    if not 200 <= resp.status <= 299:
+        text = data.decode("utf-8", errors="replace")
+        headers = {str(k): str(v) for k, v in dict(resp.headers).items()}
+        if resp.status == HTTPStatus.GONE:
+            raise Gone(resp.reason or "Gone", text, headers)
+        raise ApiError(resp.status, resp.reason or "", text, headers)
+    return data
+
+
 def request(api: Any, method: str, path: str, body: Any = None, *, query: Query | None = None,
             content_type: str = JSON, timeout: Timeout = REQUEST_TIMEOUT) -> Any:
     """One request to ``path``: JSON in, JSON out (None for an empty answer); ApiError on non-2xx."""
-    data = raw(_call_api(api, method, path, body, query or [], content_type, timeout))
+    data = exchange(api, method, path, None if body is None else encode_body(body), query=query,
+                    content_type=content_type, timeout=timeout)
     return json.loads(data) if data else None
 
 
