@@ -9,8 +9,8 @@ pods without the Kubernetes model classes.
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import re
 import string
 from functools import reduce
 from typing import Any
@@ -34,6 +34,7 @@ _LABEL_MAX = 63
 _LABEL_HASH_LEN = 9
 _ALNUM = frozenset(string.ascii_letters + string.digits)
 _LABEL_CHARS = _ALNUM | frozenset("-_.")
+_SAFE_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?", re.ASCII)
 # Fields of V1ObjectMeta / V1PodSpec typed dict[str, str]: an empty one is
 # falsy for the provider's merge, while an empty *model* (e.g. resources: {})
 # is a truthy object and so still overrides the base.
@@ -58,6 +59,8 @@ def safe_label_value(value: str) -> str:
     ``[A-Za-z0-9_.-]``; if that changed the value or it is over 63 chars,
     keep 53 chars and append ``-`` plus 9 hex chars of md5(value).
     """
+    if _SAFE_LABEL.fullmatch(value):  # the usual case: already a valid label value, kept as it is
+        return value
     start = 0
     while start < len(value) and value[start] not in _ALNUM:
         start += 1
@@ -128,11 +131,28 @@ def _containers(spec: dict[str, Any], field: str, where: str) -> None:
     spec[field] = out
 
 
+def _copy_tree(value: Any) -> Any:
+    """A deep copy of API JSON (dicts, lists, tuples; anything else is a leaf, shared: strings, numbers,
+    dates), without ``copy.deepcopy``'s memo: several times faster on a pod. Shared subtrees (YAML
+    aliases) come out as separate copies."""
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_tree(v) for v in value)
+    return value
+
+
 def _normalize(pod: Pod | None, where: str) -> Pod | None:
     """Validate the structure merge relies on; return a deep, None-pruned copy."""
     if pod is None:
         return None
-    out = _mapping(copy.deepcopy(pod), where)
+    try:
+        tree = _copy_tree(pod)
+    except RecursionError:  # e.g. a YAML template whose alias refers to itself
+        raise PodSpecError(f"{where} nests too deep (or refers to itself)") from None
+    out = _mapping(tree, where)
     if "metadata" in out:
         meta = out["metadata"] = _mapping(out["metadata"], f"{where}.metadata")
         for name in ("labels", "annotations"):
@@ -295,6 +315,7 @@ def build_pod(
     airflow_version: str | None = None,
     key_prefix: str = "",
     pod_mutation: Pod | None = None,
+    pod_name: str = "",
 ) -> Pod:
     """The worker pod for ``key``, like the provider's ``construct_pod``.
 
@@ -314,11 +335,15 @@ def build_pod(
     ``workload_json`` again, a ``base`` container the patch left without an image gets ``image``, and the
     identity above is re-asserted (name, namespace, task labels and annotations): a patch cannot move,
     rename or disown a pod. A result that is no valid pod raises :class:`PodSpecError`.
+
+    ``pod_name``: ``key.pod_name()`` when the caller has worked it out already (a hash of the key: the
+    launcher needs it before); it must be that.
     """
     tmpl = _normalize(template, "template")
     override = _normalize(pod_override, "pod_override")
     _check_kind(tmpl, "template")
     _check_kind(override, "pod_override")
+    name = pod_name or key.pod_name()
     labels = task_labels(key, scheduler_id, airflow_version=airflow_version)
     annotations = task_annotations(key)
     if key_prefix:
@@ -332,7 +357,7 @@ def build_pod(
         container["image"] = image
     dynamic: Pod = {
         "metadata": {
-            "name": key.pod_name(),
+            "name": name,
             "namespace": namespace,
             "labels": dict(labels),
             "annotations": dict(annotations),
@@ -344,7 +369,7 @@ def build_pod(
     if pod_mutation is not None:
         pod = _mutated(pod, pod_mutation, workload_json, image)
     meta = pod.setdefault("metadata", {})
-    meta["name"] = key.pod_name()
+    meta["name"] = name
     meta["namespace"] = namespace
     meta["labels"] = {**(meta.get("labels") or {}), **labels}
     meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
