@@ -64,7 +64,7 @@ from kubestream.taskkey import DISPATCH_ANNOTATION
 from kubestream.text import as_text
 from kubestream.workers.consumer import Entry, StreamConsumer
 from kubestream.workers.metrics import RATE_LIMIT_WAIT_THRESHOLD_SECONDS, LauncherMetrics
-from kubestream.workers.podpolicy import PolicyViolation, apply_policy, describe
+from kubestream.workers.podpolicy import PolicyViolation, apply_policy, describe, enforce
 from kubestream.workers.podspec import PodSpecError, build_pod, load_template_yaml
 from kubestream.workers.policyload import load_pod_policy
 from kubestream.workload import token_expiry
@@ -86,6 +86,7 @@ class Work:
     error: DecodeError | None = None
     verdict: str = ""
     refused: str = ""  # why the entry is not trusted (signature, size): dead-lettered, never acted on
+    pod_name: str = ""  # the message's, worked out once (a hash of its key)
 
 
 class _OlderPodExists(Exception):
@@ -314,32 +315,38 @@ class Launcher:
                                                        f"{self.settings.max_message_bytes}"))
                 continue
             try:
-                works.append(Work(entry, decode(entry.raw)))
+                message = decode(entry.raw)
             except DecodeError as exc:
                 works.append(Work(entry, None, exc))
-        launches = [(w, w.message) for w in works if isinstance(w.message, LaunchTask)]
-        verdicts = self.store.launch_verdicts([(m.pod_name, m.external_executor_id) for _, m in launches])
-        for (work, _), verdict in zip(launches, verdicts, strict=True):
+                continue
+            works.append(Work(entry, message, pod_name=message.key.pod_name()))
+        launches = [w for w in works if isinstance(w.message, LaunchTask)]
+        verdicts = self._verdicts([(w.pod_name, w.message.external_executor_id) for w in launches
+                                   if isinstance(w.message, LaunchTask)])
+        for work, verdict in zip(launches, verdicts, strict=True):
             work.verdict = verdict
-        going = [(w, m) for w, m in launches if not w.verdict]
-        for (work, _), finished in zip(going, self._finished([m for _, m in going]), strict=True):
-            work.verdict = finished
         return works
 
-    def _finished(self, launches: list[LaunchTask]) -> list[str]:
-        """For each launch: 'already <state>' when its task record holds a final state of its dispatch (a
+    def _verdicts(self, launches: list[tuple[str, str]]) -> list[str]:
+        """For each (pod name, dispatch): '' if the launch may go ahead, else why not, from its task record
+        (one HMGET each, one round trip for the batch): 'stale dispatch' when the record names another
+        dispatch, 'revoked', or 'already <state>' when it holds a final state of this dispatch (a
         reclaimed launch whose pod ran, finished and was deleted: creating it again would run the task
-        twice), else ''. One round trip."""
+        twice). The rules of ``TaskStore.launch_verdicts``, and the final state, in one read."""
         if not launches:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for msg in launches:
-            pipe.hmget(self.keys.task(msg.pod_name), "state", "dispatch")
+        for pod_name, _ in launches:
+            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch", "state")
         out = []
-        for msg, (state, current) in zip(launches, pipe.execute(), strict=True):
+        for (_, dispatch), (revoked, current, state) in zip(launches, pipe.execute(), strict=True):
             state = as_text(state) if state is not None else ""
-            ours = not msg.external_executor_id or not current or as_text(current) == msg.external_executor_id
-            out.append(f"already {state}" if state in FINAL_STATES and ours else "")
+            if dispatch and current and as_text(current) != dispatch:
+                out.append("stale dispatch")
+            elif revoked is not None and as_text(revoked) == "1":
+                out.append("revoked")
+            else:  # this dispatch's record (or one naming none)
+                out.append(f"already {state}" if state in FINAL_STATES else "")
         return out
 
     # -- handling ----------------------------------------------------------------------------
@@ -392,9 +399,9 @@ class Launcher:
             self.metrics.dead_letters.labels("decode").inc()
             log.error("dead-lettered undecodable entry: %s", exc, extra=ctx)
             return
-        ctx.update(task=str(message.key), pod=message.key.pod_name())
+        ctx.update(task=str(message.key), pod=work.pod_name or message.key.pod_name())
         if isinstance(message, LaunchTask):
-            self._launch(message, entry, ctx, work.verdict, deadline)
+            self._launch(message, entry, ctx, work.verdict, deadline, work.pod_name)
         elif isinstance(message, RevokeTask):
             if entry.deliveries > self.settings.max_deliveries:
                 reason = f"revoke gave up after {entry.deliveries - 1} deliveries"
@@ -409,7 +416,8 @@ class Launcher:
                                    dead_reason=f"unexpected {type(message).__name__} on a launch stream", raw=entry.raw)
             self.metrics.dead_letters.labels("unexpected_message").inc()
 
-    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str, deadline: float) -> None:
+    def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str, deadline: float,
+                pod_name: str = "") -> None:
         if verdict:
             self._ack(entry)
             self.metrics.messages.labels("skipped").inc()
@@ -438,7 +446,7 @@ class Launcher:
             pod = build_pod(key=msg.key, namespace=namespace, image=self.settings.worker_image,
                             workload_json=msg.workload_json, scheduler_id=msg.scheduler_id,
                             template=msg.pod_template or self.template, pod_override=msg.pod_override,
-                            key_prefix=self.settings.key_prefix, pod_mutation=msg.pod_mutation)
+                            key_prefix=self.settings.key_prefix, pod_mutation=msg.pod_mutation, pod_name=pod_name)
         except PodSpecError as exc:
             self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, f"invalid pod spec: {exc}"),
                                    dead_reason=f"pod spec: {exc}", raw=entry.raw, dispatch=msg.external_executor_id)
@@ -446,7 +454,10 @@ class Launcher:
             log.error("dead-lettered invalid pod spec: %s", exc, extra=ctx)
             return
         try:
-            pod = apply_policy(pod, self.policy, namespace=namespace)
+            if self.policy.overlay:
+                pod = apply_policy(pod, self.policy, namespace=namespace)
+            else:  # build_pod's pod is this call's own: checked as it is, no copy
+                enforce(pod, self.policy, namespace=namespace)
         except PolicyViolation as exc:  # a refused pod, not a poison message: failed, not dead-lettered
             self.store.fail_launch(entry.stream, entry.entry_id,
                                    failed(msg.key, f"pod refused by pod_policy: {exc}", namespace),
