@@ -185,7 +185,7 @@ class Bench:
             ns["verify"] += t1 - t
             ns["decode"] += clock() - t1
         t = clock()
-        launcher._verdicts([(name, m.external_executor_id) for m, name in msgs])
+        launcher.store.launch_verdicts([(name, m.external_executor_id) for m, name in msgs])
         ns["verdicts"] += clock() - t
         for msg, name in msgs:
             t = clock()

@@ -28,11 +28,10 @@ from typing import Any
 import redis
 
 from kubestream.keys import Keys
-from kubestream.messages import FIELD, REDACTED, DecodeError, LaunchTask, TaskState, decode, encode, message_digest
+from kubestream.messages import FIELD, REDACTED, DecodeError, LaunchTask, decode, encode, message_digest
 from kubestream.signing import Signer, Unsigned
+from kubestream.store import FINAL_STATES
 from kubestream.text import as_text
-
-FINAL_STATES = frozenset(s.value for s in TaskState if s.final)
 
 
 class ReplayRefused(Exception):

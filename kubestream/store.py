@@ -46,6 +46,8 @@ from kubestream.signing import KEY_FIELD, SIG_FIELD, Signer, Unsigned
 from kubestream.taskkey import TaskKey
 from kubestream.text import as_text, decode_hash
 
+FINAL_STATES = frozenset(s.value for s in TaskState if s.final)
+
 NOT_LEASE_HOLDER = "not the lease holder"  # Published.detail of a fenced write refused
 OWNER_CHANGED = "owner changed"  # Published.detail: adopted between signing and publishing; signed again
 OWNER_RETRIES = 5
@@ -150,20 +152,26 @@ class TaskStore:
 
     # -- launcher / watcher side -------------------------------------------------------
     def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[str]:
-        """For each (pod name, dispatch): '' if the launch may go ahead, else why not
-        ('revoked', 'stale dispatch'). One round trip for the whole batch."""
+        """For each (pod name, dispatch): '' if the launch may go ahead, else why not, from its task record
+        (one HMGET each, one round trip for the batch): 'stale dispatch' when the record names another
+        dispatch, 'revoked', or 'already <state>' when it holds a final state of this dispatch (a
+        reclaimed launch whose pod ran, finished and was deleted: creating it again would run the task
+        twice)."""
         if not launches:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for pod_name, _ in launches:
-            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch")
-        verdicts = []
-        for (_, dispatch), (revoked, current) in zip(launches, pipe.execute(), strict=True):
+            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch", "state")
+        out = []
+        for (_, dispatch), (revoked, current, state) in zip(launches, pipe.execute(), strict=True):
+            state = as_text(state) if state is not None else ""
             if dispatch and current and as_text(current) != dispatch:
-                verdicts.append("stale dispatch")
-            else:
-                verdicts.append("revoked" if revoked == b"1" else "")
-        return verdicts
+                out.append("stale dispatch")
+            elif revoked is not None and as_text(revoked) == "1":
+                out.append("revoked")
+            else:  # this dispatch's record (or one naming none)
+                out.append(f"already {state}" if state in FINAL_STATES else "")
+        return out
 
     def publish(self, event: TaskStateChanged, dispatch: str | None = None, *,
                 fence: Fence | None = None) -> Published:

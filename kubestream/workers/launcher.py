@@ -73,7 +73,6 @@ log = logging.getLogger("kubestream.launcher")
 
 REQUEST_FLOOR_SECONDS = 1.0  # no API request gets less time to answer, even at its budget's very end
 FINISHED_PHASES = ("Succeeded", "Failed")
-FINAL_STATES = ("succeeded", "failed")
 STREAM_STATS_INTERVAL_SECONDS = 5.0  # how often the launch streams' lag and pending counts are read
 
 
@@ -321,33 +320,11 @@ class Launcher:
                 continue
             works.append(Work(entry, message, pod_name=message.key.pod_name()))
         launches = [w for w in works if isinstance(w.message, LaunchTask)]
-        verdicts = self._verdicts([(w.pod_name, w.message.external_executor_id) for w in launches
+        verdicts = self.store.launch_verdicts([(w.pod_name, w.message.external_executor_id) for w in launches
                                    if isinstance(w.message, LaunchTask)])
         for work, verdict in zip(launches, verdicts, strict=True):
             work.verdict = verdict
         return works
-
-    def _verdicts(self, launches: list[tuple[str, str]]) -> list[str]:
-        """For each (pod name, dispatch): '' if the launch may go ahead, else why not, from its task record
-        (one HMGET each, one round trip for the batch): 'stale dispatch' when the record names another
-        dispatch, 'revoked', or 'already <state>' when it holds a final state of this dispatch (a
-        reclaimed launch whose pod ran, finished and was deleted: creating it again would run the task
-        twice). The rules of ``TaskStore.launch_verdicts``, and the final state, in one read."""
-        if not launches:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for pod_name, _ in launches:
-            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch", "state")
-        out = []
-        for (_, dispatch), (revoked, current, state) in zip(launches, pipe.execute(), strict=True):
-            state = as_text(state) if state is not None else ""
-            if dispatch and current and as_text(current) != dispatch:
-                out.append("stale dispatch")
-            elif revoked is not None and as_text(revoked) == "1":
-                out.append("revoked")
-            else:  # this dispatch's record (or one naming none)
-                out.append(f"already {state}" if state in FINAL_STATES else "")
-        return out
 
     # -- handling ----------------------------------------------------------------------------
     def _handle_safely(self, work: Work) -> None:
