@@ -82,8 +82,8 @@ def cluster(local_cluster: LocalCluster) -> ClusterState:
     return state
 
 
-@pytest.fixture(scope="session")
-def api_for(cluster: ClusterState) -> Callable[[str], object]:
+def api_clients(cluster: ClusterState) -> Callable[[str], object]:
+    """``get(identity)``: one ApiClient per identity of ``cluster`` (made on first use, then kept)."""
     from kubestream.kubeapi import api_client
 
     cache: dict[str, object] = {}
@@ -94,6 +94,11 @@ def api_for(cluster: ClusterState) -> Callable[[str], object]:
         return cache[identity]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def api_for(cluster: ClusterState) -> Callable[[str], object]:
+    return api_clients(cluster)
 
 
 @pytest.fixture(scope="session")

@@ -22,21 +22,19 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 import yaml
-from kubernetes import client as k8s
 
 from devkit.cluster import ClusterState, LocalCluster
-from devkit.components import Components
-from devkit.pipeline import Pipeline
-from devkit.probe import Streams
 from devkit.realnode import NodeState, RealNode, pod_template, unavailable_reason
 from devkit.redisserver import RedisServer
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.settings import DEFAULT_FATAL_REASONS, Settings
+from tests.conftest import api_clients
+
+# pipeline, components, streams and core as in the integration tier, built on this directory's fixtures
+from tests.integration.conftest import components, core, pipeline, streams  # noqa: F401
 
 pytestmark = pytest.mark.realnode
 
@@ -77,16 +75,7 @@ def cluster(local_cluster: LocalCluster) -> ClusterState:
 
 @pytest.fixture(scope="session")
 def api_for(cluster: ClusterState) -> Callable[[str], object]:
-    from kubestream.kubeapi import api_client
-
-    cache: dict[str, object] = {}
-
-    def get(identity: str) -> object:
-        if identity not in cache:
-            cache[identity] = api_client(cluster.kubeconfig(identity), pool_size=32)
-        return cache[identity]
-
-    return get
+    return api_clients(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -136,26 +125,3 @@ def kubelet(real_node: NodeState) -> NodeState:
     return real_node
 
 
-@pytest.fixture
-def components(tmp_path: Path) -> Iterator[Components]:
-    comps = Components(tmp_path)
-    yield comps
-    comps.stop_all()
-
-
-@pytest.fixture
-def pipeline(settings: Settings, cluster: ClusterState, kubelet: Any, components: Components,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
-    pipe = Pipeline(settings, cluster, components, setenv=monkeypatch.setenv, kubelet=kubelet)
-    yield pipe
-    pipe.stop()
-
-
-@pytest.fixture
-def core(admin_api: Any) -> k8s.CoreV1Api:
-    return k8s.CoreV1Api(admin_api)
-
-
-@pytest.fixture
-def streams(redis_client: redis.Redis, settings: Settings, core: k8s.CoreV1Api) -> Streams:
-    return Streams(redis_client, settings, core)
