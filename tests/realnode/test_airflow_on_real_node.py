@@ -30,7 +30,7 @@ from devkit.docker import cache_dir as docker_cache_dir
 from devkit.postgres import PostgresServer
 from devkit.realnode import RealNode, host_runtime_template, pod_template
 from devkit.workloads import DEV_SIGNING_KEYS
-from kubestream.settings import Settings
+from kubestream.settings import DEFAULT_FATAL_REASONS, Settings
 
 pytestmark = pytest.mark.realnode
 
@@ -50,7 +50,11 @@ def airflow_stack(redis_server, cluster, local_cluster, tmp_path: Path,
         stack = AirflowStack(tmp_path / "airflow", DAGS, pg.url, kubestream)
         template = tmp_path / "pod_template.yaml"
         template.write_text(yaml.safe_dump(pod_template(stack)))
+        # the watcher fails a task whose image is missing, as for ErrImagePull (a local image with pull policy
+        # Never never appears by itself)
         settings = Settings.from_mapping({**kubestream, "pod_template_file": str(template), "pod_policy": "off",
+                                          "fatal_container_reasons": ",".join((*DEFAULT_FATAL_REASONS,
+                                                                                "ErrImageNeverPull")),
                                           "worker_image": image, "delete_worker_pods": "false",
                                           "reclaim_idle_seconds": "10", "retry_budget_seconds": "5"})
         try:
@@ -146,3 +150,41 @@ def test_airflow_tasks_run_in_the_projects_airflow_image(airflow_in_its_image, c
             for p in pods}
     assert states == {("where", -1): "success", ("boom", -1): "failed"}, logs
     assert {c.image for p in pods for c in p.spec.containers} == {stack.image}
+
+
+def test_airflow_shows_the_failures_only_a_real_kubelet_makes(airflow_on_node, monkeypatch) -> None:
+    """A container that exits 3 before the task starts, an image missing from the node, a worker killed by its
+    memory limit: each task instance fails in its first try, and the reason the real kubelet gave is what
+    ``get_task_log`` shows (on an executor never started, as the API server calls it). (A task whose own
+    process outgrows the limit is killed inside a worker that lives on: Airflow's task log says so, and
+    the pod ends as its worker does.)"""
+    from types import SimpleNamespace
+
+    from devkit.procs import wait_for
+    from kubestream.executor import KubeStreamExecutor
+
+    stack, dag_id, run_id = airflow_on_node, "ks_realnode_failures", "run-failures"
+    stack.wait_dag_parsed(dag_id)
+    stack.trigger(dag_id, run_id)
+    wait_for(lambda: stack.run_state(dag_id, run_id) in ("success", "failed"), timeout=400, interval=1,
+             what=f"the {dag_id} run")
+    for name, value in stack.env.items():
+        if name.startswith("AIRFLOW__KUBESTREAM__"):
+            monkeypatch.setenv(name, value)
+
+    def shown(task_id: str) -> str:
+        ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=-1)
+        return "\n".join(KubeStreamExecutor().get_task_log(ti, 1)[0])
+
+    states = {task: (row["state"], row["try_number"]) for (task, _), row in stack.task_states(dag_id, run_id).items()}
+
+    def all_recorded() -> dict[str, str] | None:
+        """Airflow may mark a task failed before the pod's last state reaches its record: wait for both."""
+        got = {task: shown(task) for task in states}
+        return got if all("last state failed" in text for text in got.values()) else None
+
+    logs = wait_for(all_recorded, timeout=120, interval=1, what="every task's failure recorded")
+    assert states == {"exits": ("failed", 1), "no_image": ("failed", 1), "oom": ("failed", 1)}, logs
+    assert "last state failed: Error (exit code 3)" in logs["exits"], logs
+    assert "last state failed: ErrImageNeverPull" in logs["no_image"], logs
+    assert "last state failed: OOMKilled (exit code 137)" in logs["oom"], logs
