@@ -113,20 +113,25 @@ def airflow_in_its_image(redis_server, cluster, local_cluster, real_node, node, 
         yield stack
 
 
-def test_airflow_tasks_run_in_containers_of_the_real_node(airflow_on_node, core, node) -> None:
+def run_dag(stack: AirflowStack, dag_id: str, run_id: str, timeout: float = 300) -> dict[str, tuple[str, int]]:
+    """Trigger ``dag_id`` and wait for its run to end: task_id -> (state, try_number)."""
     from devkit.procs import wait_for
 
+    stack.wait_dag_parsed(dag_id)
+    stack.trigger(dag_id, run_id)
+    wait_for(lambda: stack.run_state(dag_id, run_id) in ("success", "failed"), timeout=timeout, interval=1,
+             what=f"the {dag_id} run")
+    return {task: (row["state"], row["try_number"]) for (task, _), row in stack.task_states(dag_id, run_id).items()}
+
+
+def test_airflow_tasks_run_in_containers_of_the_real_node(airflow_on_node, core, node) -> None:
     stack = airflow_on_node
-    stack.wait_dag_parsed("ks_realnode")
-    stack.trigger("ks_realnode", "run-real")
-    wait_for(lambda: stack.run_state("ks_realnode", "run-real") in ("success", "failed"), timeout=300, interval=1,
-             what="the ks_realnode run")
-    states = {k: v["state"] for k, v in stack.task_states("ks_realnode", "run-real").items()}
+    states = run_dag(stack, "ks_realnode", "run-real")
     pods = core.list_namespaced_pod(stack.namespace).items
     logs = {p.metadata.name: core.read_namespaced_pod_log(p.metadata.name, stack.namespace,
                                                           _preload_content=False).data.decode()[-3000:]
             + str([cs.state for cs in p.status.container_statuses or ()]) for p in pods}
-    assert states == {("where", -1): "success", ("boom", -1): "failed"}, logs
+    assert states == {"where": ("success", 1), "boom": ("failed", 1)}, logs
     assert {p.spec.node_name for p in pods} == {"127.0.0.1"}
     # each task ran in a container of the node's dockerd
     for pod in pods:
@@ -136,19 +141,13 @@ def test_airflow_tasks_run_in_containers_of_the_real_node(airflow_on_node, core,
 
 
 def test_airflow_tasks_run_in_the_projects_airflow_image(airflow_in_its_image, core, node) -> None:
-    from devkit.procs import wait_for
-
     stack = airflow_in_its_image
-    stack.wait_dag_parsed("ks_realnode")
-    stack.trigger("ks_realnode", "run-image")
-    wait_for(lambda: stack.run_state("ks_realnode", "run-image") in ("success", "failed"), timeout=300, interval=1,
-             what="the ks_realnode run")
-    states = {k: v["state"] for k, v in stack.task_states("ks_realnode", "run-image").items()}
+    states = run_dag(stack, "ks_realnode", "run-image")
     pods = core.list_namespaced_pod(stack.namespace).items
     logs = {p.metadata.name: core.read_namespaced_pod_log(p.metadata.name, stack.namespace,
                                                           _preload_content=False).data.decode()[-3000:]
             for p in pods}
-    assert states == {("where", -1): "success", ("boom", -1): "failed"}, logs
+    assert states == {"where": ("success", 1), "boom": ("failed", 1)}, logs
     assert {c.image for p in pods for c in p.spec.containers} == {stack.image}
 
 
@@ -164,10 +163,7 @@ def test_airflow_shows_the_failures_only_a_real_kubelet_makes(airflow_on_node, m
     from kubestream.executor import KubeStreamExecutor
 
     stack, dag_id, run_id = airflow_on_node, "ks_realnode_failures", "run-failures"
-    stack.wait_dag_parsed(dag_id)
-    stack.trigger(dag_id, run_id)
-    wait_for(lambda: stack.run_state(dag_id, run_id) in ("success", "failed"), timeout=400, interval=1,
-             what=f"the {dag_id} run")
+    states = run_dag(stack, dag_id, run_id, timeout=400)
     for name, value in stack.env.items():
         if name.startswith("AIRFLOW__KUBESTREAM__"):
             monkeypatch.setenv(name, value)
@@ -176,7 +172,6 @@ def test_airflow_shows_the_failures_only_a_real_kubelet_makes(airflow_on_node, m
         ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=-1)
         return "\n".join(KubeStreamExecutor().get_task_log(ti, 1)[0])
 
-    states = {task: (row["state"], row["try_number"]) for (task, _), row in stack.task_states(dag_id, run_id).items()}
 
     def all_recorded() -> dict[str, str] | None:
         """Airflow may mark a task failed before the pod's last state reaches its record: wait for both."""
