@@ -19,7 +19,8 @@ crashloop [code=N]          *Running* -> exit N (default 1); restartPolicy Never
                             (phase stays Running, forever)
 slowstart                   *ContainerCreating* (default 2 s) -> Running -> Succeeded
 errimagepull                *ContainerCreating* -> waiting ErrImagePull -> ``backoff`` s ->
-                            waiting ImagePullBackOff; Pending forever
+                            waiting ImagePullBackOff -> ``PULL_RETRY`` s -> ErrImagePull again (a
+                            kubelet retries the pull) ...; Pending forever
 errimagepull:times=N        the first N pods of the name (in the order this kubelet sees them) as
                             ``errimagepull``; later ones as if the annotation were absent (the
                             default rule, or the real command in process mode): a pull that
@@ -47,6 +48,7 @@ SIM_ANNOTATION = "kubestream.io/sim"
 CREATE_DELAY = 0.05  # ContainerCreating
 RUN_DELAY = 0.1  # Running
 BACKOFF = 0.2  # CrashLoopBackOff / ErrImagePull -> ImagePullBackOff
+PULL_RETRY = 10.0  # ImagePullBackOff -> ErrImagePull: a kubelet's first image pull back-off (it doubles to 300 s)
 SLOWSTART_DELAY = 2.0
 
 _COMMON = frozenset({"delay", "jitter"})
@@ -269,6 +271,10 @@ def plan(pod: Mapping[str, Any], node: str, rule: Rule | None, proc: Proc | None
         return Step("start", "start", rule.create_delay, rule.jitter)
     if waiting == "ErrImagePull":
         return Step("pullbackoff", "waiting", rule.backoff, rule.jitter, reason="ImagePullBackOff")
+    if waiting == "ImagePullBackOff" and rule.kind == "errimagepull":
+        # the pull is tried again and fails again: a watcher that started (or relisted) while the pod was
+        # backing off sees ErrImagePull then, as with a real kubelet
+        return Step("repull", "waiting", PULL_RETRY, rule.jitter, reason="ErrImagePull")
     if waiting == "CrashLoopBackOff":
         return Step(f"restart#{restarts}", "restart", rule.backoff, rule.jitter)
     if "running" not in state or rule.run_delay is None:

@@ -111,3 +111,23 @@ def test_restarted_executor_applies_results_that_waited(pipeline, streams, redis
     finals = second.run_until([w.ti.key for w in work], timeout=30)
     assert set(finals.values()) == {"success"}
     assert streams.results_pending() == 0
+
+
+def test_a_watcher_that_starts_while_a_pull_backs_off_still_fails_the_task(pipeline, streams, core) -> None:
+    """ErrImagePull is fatal, ImagePullBackOff (between two pulls) is not: a watcher that starts (or relists)
+    while the pod backs off sees Pending, and fails the task at the kubelet's next pull, as with a real
+    kubelet (the simulated one used to back off forever, so such a task stayed pending)."""
+    pipeline.launcher()
+    work = workload("late", "pull", executor_config=sim("errimagepull"))
+    pipeline.submit([work])
+
+    def backing_off() -> bool:
+        pod = core.read_namespaced_pod(pod_name(work), pipeline.settings.namespace)
+        statuses = pod.status.container_statuses or []
+        return any(cs.state.waiting and cs.state.waiting.reason == "ImagePullBackOff" for cs in statuses)
+
+    wait_for(backing_off, timeout=60, what="the pod backing off its image pull")
+    pipeline.watcher()
+    finals = pipeline.run_until([work.ti.key], timeout=90)
+    assert finals[work.ti.key] == "failed"
+    assert "ErrImagePull" in pipeline.driver.failures(work.ti.key)[0]

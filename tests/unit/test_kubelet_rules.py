@@ -10,6 +10,7 @@ import pytest
 from devkit.kubelet_rules import (
     BACKOFF,
     CREATE_DELAY,
+    PULL_RETRY,
     RUN_DELAY,
     SLOWSTART_DELAY,
     Proc,
@@ -134,7 +135,8 @@ RUNNING = {"running": {"startedAt": NOW}}
     (with_state(pod(), CREATING), "errimagepull", "pull", "waiting", {"reason": "ErrImagePull"}),
     (with_state(pod(), {"waiting": {"reason": "ErrImagePull"}}), "errimagepull:backoff=3", "pullbackoff", "waiting",
      {"reason": "ImagePullBackOff", "delay": 3.0}),
-    (with_state(pod(), {"waiting": {"reason": "ImagePullBackOff"}}), "errimagepull", None, None, {}),
+    (with_state(pod(), {"waiting": {"reason": "ImagePullBackOff"}}), "errimagepull", "repull", "waiting",
+     {"reason": "ErrImagePull", "delay": PULL_RETRY}),
     (with_state(pod(), CREATING), "createcontainerconfigerror", "config", "waiting",
      {"reason": "CreateContainerConfigError"}),
     (with_state(pod(), {"waiting": {"reason": "CreateContainerConfigError"}}), "createcontainerconfigerror",
