@@ -31,6 +31,7 @@ from devkit.postgres import PostgresServer
 from devkit.realnode import RealNode, host_runtime_template, pod_template
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.settings import DEFAULT_FATAL_REASONS, Settings
+from tests.realnode.test_real_pods import OOM_REASONS
 
 pytestmark = pytest.mark.realnode
 
@@ -182,4 +183,5 @@ def test_airflow_shows_the_failures_only_a_real_kubelet_makes(airflow_on_node, m
     assert states == {"exits": ("failed", 1), "no_image": ("failed", 1), "oom": ("failed", 1)}, logs
     assert "last state failed: Error (exit code 3)" in logs["exits"], logs
     assert "last state failed: ErrImageNeverPull" in logs["no_image"], logs
-    assert "last state failed: OOMKilled (exit code 137)" in logs["oom"], logs
+    # Docker may miss the OOM event on a loaded machine: then the kubelet says Error (exit code 137)
+    assert any(f"last state failed: {reason}" in logs["oom"] for reason in OOM_REASONS), logs

@@ -32,13 +32,17 @@ def containers_of(node: RealNode, pod: str, *, running: bool = False) -> list[st
     return out.stdout.split()
 
 
-OUTCOMES = [  # (task id, executor_config, Airflow state, reason the failure info contains)
-    ("exit0", container("exit 0"), "success", ""),
-    ("exit3", container("exit 3"), "failed", "Error (exit code 3)"),
+# Docker marks a container OOMKilled only when it sees the kernel's OOM event before the exit: on a loaded
+# machine it may not, and the kubelet then reports "Error (exit code 137)" (as it would to the
+# KubernetesExecutor). Either is accepted for the OOM case; the recorded fixtures keep the OOMKilled sequence.
+OOM_REASONS = ("OOMKilled (exit code 137)", "Error (exit code 137)")
+OUTCOMES = [  # (task id, executor_config, Airflow state, reasons one of which the failure info contains)
+    ("exit0", container("exit 0"), "success", ()),
+    ("exit3", container("exit 3"), "failed", ("Error (exit code 3)",)),
     ("never-pull", container("exit 0", image=MISSING_IMAGE), "failed",
-     f'ErrImageNeverPull: Container image "{MISSING_IMAGE}" is not present with pull policy of Never'),
+     (f'ErrImageNeverPull: Container image "{MISSING_IMAGE}" is not present with pull policy of Never',)),
     ("oom", container("tail /dev/zero", resources={"limits": {"memory": "32Mi", "cpu": "500m"}}), "failed",
-     "OOMKilled (exit code 137)"),
+     OOM_REASONS),
 ]
 
 
@@ -47,11 +51,12 @@ def test_real_pods_end_as_the_kubernetes_executor_reports_them(pipeline, streams
     work = {task: workload("realnode", task, executor_config=config) for task, config, _, _ in OUTCOMES}
     pipeline.submit(work.values())
     finals = pipeline.run_until([w.ti.key for w in work.values()], timeout=180)
-    for task, _, expected, reason in OUTCOMES:
+    for task, _, expected, reasons in OUTCOMES:
         key = work[task].ti.key
         assert finals[key] == expected, (task, pipeline.driver.failures(key))
-        if reason:
-            assert any(reason in info for info in pipeline.driver.failures(key)), (task, pipeline.driver.failures(key))
+        if reasons:
+            infos = pipeline.driver.failures(key)
+            assert any(reason in info for info in infos for reason in reasons), (task, infos)
     assert set(pipeline.driver.final_counts().values()) == {1}  # exactly one final event per task
     assert not pipeline.executor.running
     # the pods really ran on the node: their containers are (or were) in its dockerd
