@@ -4,9 +4,9 @@
 
 A consumer named NAME in the launchers' consumer group of every launch stream of the configured queues.
 For each launch it verifies the entry's signature, decodes it, publishes a SUCCEEDED result for the task
-through kubestream's own ``TaskStore.publish`` (signed for the owner's result stream, as a launcher's
-results are) and acknowledges the entry. It stands in for "launcher + pod + watcher" so that what is
-measured is kubestream's path alone: executor -> Redis -> consumer -> result -> ``sync()``.
+through kubestream's own ``TaskStore.publish_many`` (two round trips per batch read; signed for the owner's
+result stream, as a launcher's results are) and acknowledges the entry. It stands in for "launcher + pod +
+watcher" so that what is measured is kubestream's path alone: executor -> Redis -> consumer -> result -> ``sync()``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def serve(settings: Settings, name: str, ready_file: str | None, stopping: list[
         rows = stream_entries(client.xreadgroup(LAUNCH_GROUP, name, {s: ">" for s in streams}, count=BATCH,
                                                 block=200))
         acks = client.pipeline(transaction=False)
+        events: list[tuple[TaskStateChanged, str | None]] = []
         for stream, entry_id, fields in rows:
             acks.xack(stream, LAUNCH_GROUP, entry_id)
             if fields is None:
@@ -62,9 +63,9 @@ def serve(settings: Settings, name: str, ready_file: str | None, stopping: list[
             msg = decode(signer.verify(stream, fields))
             if not isinstance(msg, LaunchTask):
                 continue
-            event = TaskStateChanged(key=msg.key, state=TaskState.SUCCEEDED, pod_name=msg.pod_name, at=time.time())
-            if store.publish(event, msg.external_executor_id).published:
-                published += 1
+            events.append((TaskStateChanged(key=msg.key, state=TaskState.SUCCEEDED, pod_name=msg.pod_name,
+                                            at=time.time()), msg.external_executor_id))
+        published += sum(p.published for p in store.publish_many(events))
         if rows:
             acks.execute()
     client.close()

@@ -120,6 +120,16 @@ class Script:
     def __call__(self, variadic_keys: Sequence[KeyT] = (), /, **named: EncodableT) -> Any:
         """Run the script. ``named`` holds every bound KEYS and ARGV local by name;
         ``variadic_keys`` is only for a script that binds no KEYS and takes any number of them."""
+        keys, args = self._positions(variadic_keys, named)
+        return self._script(keys=keys, args=args)
+
+    def queue(self, pipe: redis.client.Pipeline, /, **named: EncodableT) -> None:
+        """Queue a run of the script on ``pipe`` (its result comes with the pipeline's)."""
+        keys, args = self._positions((), named)
+        self._script(keys=keys, args=args, client=pipe)
+
+    def _positions(self, variadic_keys: Sequence[KeyT], named: dict[str, EncodableT]) -> \
+            tuple[list[KeyT], list[EncodableT]]:
         spec = self.spec
         missing = [n for n in (*spec.keys, *spec.argv) if n not in named]
         unexpected = sorted(set(named) - {*spec.keys, *spec.argv})
@@ -128,7 +138,7 @@ class Script:
         if variadic_keys and spec.keys:
             raise TypeError(f"{spec.name} binds its KEYS by name: pass them as keywords")
         keys = list(variadic_keys) or [self._key(n, named[n]) for n in spec.keys]
-        return self._script(keys=keys, args=[named[n] for n in spec.argv])
+        return keys, [named[n] for n in spec.argv]
 
     def _key(self, name: str, value: EncodableT) -> KeyT:
         if isinstance(value, str | bytes | memoryview):

@@ -183,15 +183,31 @@ class TaskStore:
         (detail ``NOT_LEASE_HOLDER``, nothing written) once it no longer holds."""
         task = self.keys.task(event.key.pod_name())
         for _ in range(OWNER_RETRIES):
-            published = _published(self._publish(
-                task=task, **self._event_args(event, dispatch or "", self._owner(task)),
-                any_dispatch="1" if dispatch is None else "0",
-                token=fence.token if fence else "", epoch=str(fence.epoch) if fence else "",
-                lease=self.keys.watcher_lease,
-            ))
+            published = _published(self._publish(**self._publish_args(task, event, dispatch, self._owner(task), fence)))
             if published.detail != OWNER_CHANGED:
                 break
         return published
+
+    def publish_many(self, events: Sequence[tuple[TaskStateChanged, str | None]]) -> list[Published]:
+        """``publish`` for each (event, dispatch), in two round trips for them all (the owners, then the
+        scripts); an event whose task was adopted between the two is published again on its own."""
+        if not events:
+            return []
+        tasks = [self.keys.task(event.key.pod_name()) for event, _ in events]
+        owners = self._owners(tasks)
+        pipe = self.redis.pipeline(transaction=False)
+        for (event, dispatch), task, owner in zip(events, tasks, owners, strict=True):
+            self._publish.queue(pipe, **self._publish_args(task, event, dispatch, owner, None))
+        done = [_published(res) for res in pipe.execute()]
+        return [self.publish(event, dispatch) if published.detail == OWNER_CHANGED else published
+                for (event, dispatch), published in zip(events, done, strict=True)]
+
+    def _publish_args(self, task: str, event: TaskStateChanged, dispatch: str | None, owner: str,
+                      fence: Fence | None) -> dict[str, EncodableT]:
+        return {"task": task, **self._event_args(event, dispatch or "", owner),
+                "any_dispatch": "1" if dispatch is None else "0",
+                "token": fence.token if fence else "", "epoch": str(fence.epoch) if fence else "",
+                "lease": self.keys.watcher_lease}
 
     def fail_launch(self, stream: str, entry_id: str, event: TaskStateChanged | None,
                     *, dead_reason: str = "", raw: bytes = b"", dispatch: str = "") -> Published:
@@ -213,6 +229,13 @@ class TaskStore:
     def _owner(self, task: str) -> str:
         """The task's owner now, which the result is signed for ('' when the task is unknown)."""
         return as_text(self.redis.hget(task, "owner"))
+
+    def _owners(self, tasks: Sequence[str]) -> list[str]:
+        """``_owner`` of each task, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task in tasks:
+            pipe.hget(task, "owner")
+        return [as_text(owner) for owner in pipe.execute()]
 
     def _event_args(self, event: TaskStateChanged | None, dispatch: str, owner: str) -> dict[str, EncodableT]:
         """The ARGV of ``_publish.lua``'s ``publish`` by name; state '' when there is no event. The event is

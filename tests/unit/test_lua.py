@@ -4,6 +4,7 @@ and their behaviour against a real Redis."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,36 @@ def test_publish_drops_unknown_revoked_and_stale_dispatch_events(store: TaskStor
     assert store.publish(_event(TaskState.FAILED), dispatch="d2").detail == "revoked"
     assert _results(store, "s1") == [("pending", ""), ("running", "")]
     assert store.record(POD)["state"] == "running"
+
+
+def test_publish_many_decides_each_event_as_publish_does_in_two_round_trips(store: TaskStore) -> None:
+    keys = [TaskKey("dag", f"t{i}", "run", 1) for i in range(4)]
+    for key in keys[:3]:
+        _dispatch(store, key)
+    store.revoke([keys[2].pod_name()])
+    batch = [(_event(TaskState.RUNNING, key=keys[0]), "d1"), (_event(TaskState.RUNNING, key=keys[0]), "d1"),
+             (_event(TaskState.SUCCEEDED, key=keys[1]), None), (_event(TaskState.RUNNING, key=keys[1]), "d2"),
+             (_event(TaskState.FAILED, key=keys[2]), "d1"), (_event(TaskState.RUNNING, key=keys[3]), "")]
+    got = [(p.published, p.detail if not p.published else "") for p in store.publish_many(batch)]
+    assert got == [(True, ""), (False, "duplicate"), (True, ""), (False, "stale dispatch"), (False, "revoked"),
+                   (False, "unknown task")]
+    assert _results(store, "s1") == [("running", ""), ("succeeded", "")]
+    assert store.publish_many([]) == []
+
+
+def test_publish_many_signs_again_for_a_task_adopted_between_the_owner_read_and_the_write(
+        redis_client: redis.Redis, keys: Keys) -> None:
+    class AdoptedMeanwhile(TaskStore):
+        def _owners(self, tasks: Sequence[str]) -> list[str]:
+            owners = super()._owners(tasks)
+            self.adopt([POD], "s2")  # another scheduler adopts the task right after its owner was read
+            return owners
+
+    store = AdoptedMeanwhile(redis_client, keys, Settings(task_ttl_seconds=600))
+    _dispatch(store)
+    [published] = store.publish_many([(_event(TaskState.RUNNING), "d1")])
+    assert (published.published, published.owner) == (True, "s2")
+    assert _results(store, "s2") == [("running", "")] and _results(store, "s1") == []
 
 
 def test_adopt_rewrites_the_owner_and_returns_the_last_state(store: TaskStore) -> None:
