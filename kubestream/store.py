@@ -40,7 +40,7 @@ from redis.typing import EncodableT
 
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.luascripts import Script
-from kubestream.messages import TaskState, TaskStateChanged, encode, redact
+from kubestream.messages import TaskState, TaskStateChanged, encode, message_digest, redact
 from kubestream.settings import Settings
 from kubestream.signing import KEY_FIELD, SIG_FIELD, Signer, Unsigned
 from kubestream.taskkey import TaskKey
@@ -99,6 +99,7 @@ class TaskStore:
         self.settings = settings
         self.signer = signer or Unsigned()  # signs the results this process publishes
         self._publish = Script(client, "publish.lua")
+        self._dispatch = Script(client, "dispatch.lua")
         self._fail_launch = Script(client, "fail_launch.lua")
         self._adopt = Script(client, "adopt.lua")
         self._live_remove = Script(client, "live_remove.lua")
@@ -111,12 +112,21 @@ class TaskStore:
         signature failed (the keys differ) from a forgery."""
         record = self.keys.task(key.pod_name())
         pipe.hdel(record, "state", "reason", "revoked")
-        pipe.hset(record, mapping={
-            "owner": owner, "dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id,
-            "try_number": key.try_number, "map_index": key.map_index, "queue": queue,
-            "namespace": namespace, "dispatch": dispatch, "digest": digest, "updated": f"{time.time():.3f}",
-        })
+        fields = _record_fields(key, owner, queue, namespace, dispatch, digest)
+        pipe.hset(record, mapping=dict[EncodableT, EncodableT](fields.items()))
         pipe.expire(record, self.settings.task_ttl_seconds)
+
+    def dispatch(self, pipe: redis.client.Pipeline, key: TaskKey, *, owner: str, queue: str, namespace: str,
+                 dispatch: str, stream: str, message: bytes) -> None:
+        """Queue on ``pipe`` one call that does what ``record_dispatch`` does and appends the launch
+        ``message``, signed for ``stream``, to ``stream`` (``lua/dispatch.lua``: one command per task
+        instead of four, which is most of a dispatch batch's cost to the scheduler)."""
+        signed = self.signer.sign(stream, message)
+        self._dispatch.queue(
+            pipe, task=self.keys.task(key.pod_name()), stream=stream, ttl=self.settings.task_ttl_seconds,
+            maxlen=self.settings.launch_maxlen, message=message, key_id=signed.get(KEY_FIELD, b""),
+            sig=signed.get(SIG_FIELD, b""),
+            **_record_fields(key, owner, queue, namespace, dispatch, message_digest(message)))
 
     def adopt(self, pod_names: Sequence[str], owner: str) -> list[tuple[str, str] | None]:
         """Take ownership of tasks; returns each one's last (state, reason), None if unknown."""
@@ -276,6 +286,14 @@ class TaskStore:
 
     def record(self, pod_name: str) -> dict[str, str]:
         return decode_hash(self.redis.hgetall(self.keys.task(pod_name)))
+
+
+def _record_fields(key: TaskKey, owner: str, queue: str, namespace: str, dispatch: str,
+                   digest: str) -> dict[str, EncodableT]:
+    """The fields a dispatch (re)starts a task's record with."""
+    return {"owner": owner, "dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id,
+            "try_number": key.try_number, "map_index": key.map_index, "queue": queue, "namespace": namespace,
+            "dispatch": dispatch, "digest": digest, "updated": f"{time.time():.3f}"}
 
 
 def failed(key: TaskKey, reason: str, namespace: str = "") -> TaskStateChanged:

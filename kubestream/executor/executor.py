@@ -27,7 +27,7 @@ from kubestream.executor.config import check_team_prefix, prefixes_taken, settin
 from kubestream.executor.launches import ExecutorConfigError, launch_message, task_key
 from kubestream.executor.mutation import PodMutation, PodMutationHookError
 from kubestream.keys import RESULTS_GROUP, Keys
-from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode, message_digest
+from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, encode
 from kubestream.redisconn import connect, eviction_warning
 from kubestream.settings import Settings
 from kubestream.signing import UNSIGNED_WARNING, Signer, SigningKeyError, Unsigned, signer_for
@@ -229,10 +229,9 @@ class KubeStreamExecutor(BaseExecutor):
             return
         pipe = self.redis.pipeline(transaction=True)
         for _, msg, raw, namespace, band in launches:
-            self.store.record_dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue, namespace=namespace,
-                                       dispatch=msg.external_executor_id, digest=message_digest(raw))
-            stream = self.keys.launch(msg.queue, band)  # a priority band's stream, or the queue's plain one
-            pipe.xadd(stream, self.signer.sign(stream, raw), maxlen=self.settings.launch_maxlen, approximate=True)
+            self.store.dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue, namespace=namespace,
+                                dispatch=msg.external_executor_id, message=raw,
+                                stream=self.keys.launch(msg.queue, band))  # a priority band's stream, or the plain one
         try:
             pipe.execute()
         except redis.RedisError as exc:

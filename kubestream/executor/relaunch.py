@@ -35,7 +35,7 @@ import redis
 
 from kubestream.executor.airflowtypes import LoggerLike
 from kubestream.keys import Keys
-from kubestream.messages import LaunchTask, RevokeTask, TaskStateChanged, encode, message_digest
+from kubestream.messages import LaunchTask, RevokeTask, TaskStateChanged, encode
 from kubestream.settings import Settings
 from kubestream.signing import Signer, Unsigned
 from kubestream.store import TaskStore
@@ -211,12 +211,10 @@ class Relauncher:
         plain = self.keys.launch(old.queue)
         pipe.xadd(plain, self.signer.sign(plain, encode(revoke)), maxlen=self.settings.launch_maxlen,
                   approximate=True)
-        self.store.record_dispatch(pipe, new.key, owner=old.scheduler_id, queue=old.queue,
-                                   namespace=launch.namespace, dispatch=new.external_executor_id,
-                                   digest=message_digest(raw))
+        self.store.dispatch(pipe, new.key, owner=old.scheduler_id, queue=old.queue, namespace=launch.namespace,
+                            dispatch=new.external_executor_id, message=raw,
+                            stream=self.keys.launch(old.queue, launch.band))
         pipe.hset(self.keys.task(new.pod_name), RECORD_FIELD, json.dumps(attempts))
-        stream = self.keys.launch(old.queue, launch.band)
-        pipe.xadd(stream, self.signer.sign(stream, raw), maxlen=self.settings.launch_maxlen, approximate=True)
         try:
             pipe.execute()
         except redis.RedisError as exc:

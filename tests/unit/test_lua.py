@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream import luascripts
 from kubestream.keys import LAUNCH_GROUP, Keys
 from kubestream.luascripts import Script
-from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode, redact
+from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode, message_digest, redact
 from kubestream.settings import Settings, SettingsError
+from kubestream.signing import load_signer
 from kubestream.store import NOT_LEASE_HOLDER, LiveMember, TaskStore, failed
 from kubestream.taskkey import TaskKey
 from kubestream.watcher.lease import Lease
@@ -163,6 +165,34 @@ def test_publish_drops_unknown_revoked_and_stale_dispatch_events(store: TaskStor
     assert store.publish(_event(TaskState.FAILED), dispatch="d2").detail == "revoked"
     assert _results(store, "s1") == [("pending", ""), ("running", "")]
     assert store.record(POD)["state"] == "running"
+
+
+def test_dispatch_restarts_the_record_and_appends_the_signed_launch_in_one_call(
+        redis_client: redis.Redis, keys: Keys) -> None:
+    signer = load_signer(keys=DEV_SIGNING_KEYS, keys_file="", allow_unsigned=False)
+    store = TaskStore(redis_client, keys, Settings(task_ttl_seconds=600, launch_maxlen=1000), signer)
+    _dispatch(store, dispatch="d0")  # an earlier dispatch that ended revoked, with a state
+    store.publish(_event(TaskState.FAILED, "r0"))
+    store.revoke([POD])
+    stream = keys.launch("default")
+    pipe = redis_client.pipeline(transaction=True)
+    store.dispatch(pipe, KEY, owner="s2", queue="default", namespace="ns2", dispatch="d1", stream=stream,
+                   message=b"launch")
+    assert len(pipe) == 1  # one command per task
+    pipe.execute()
+    record = store.record(POD)
+    assert {k: v for k, v in record.items() if k != "updated"} == {
+        "owner": "s2", "dag_id": "dag", "task_id": "task", "run_id": "run", "try_number": "1", "map_index": "-1",
+        "queue": "default", "namespace": "ns2", "dispatch": "d1", "digest": message_digest(b"launch")}
+    assert 0 < redis_client.ttl(keys.task(POD)) <= 600
+    [(_, fields)] = redis_client.xrange(stream)
+    assert signer.verify(stream, fields) == b"launch"
+    unsigned = TaskStore(redis_client, keys, Settings(task_ttl_seconds=600))
+    pipe = redis_client.pipeline(transaction=True)
+    unsigned.dispatch(pipe, KEY, owner="s2", queue="default", namespace="ns2", dispatch="d2", stream=stream,
+                      message=b"plain")
+    pipe.execute()
+    assert redis_client.xrange(stream)[-1][1] == {FIELD: b"plain"}
 
 
 def test_publish_many_decides_each_event_as_publish_does_in_two_round_trips(store: TaskStore) -> None:
