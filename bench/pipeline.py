@@ -98,7 +98,7 @@ class Rig:
 
     cluster: ClusterState
     redis_url: str
-    proxy: IsolatedProxy
+    proxy: IsolatedProxy | None  # None: the caller passes its own kubeconfigs
     children: Components
     admin: k8s.CoreV1Api
     work: Path
@@ -107,6 +107,7 @@ class Rig:
 
     def kubeconfig(self, identity: str, *, proxied: bool) -> str:
         if proxied:
+            assert self.proxy is not None, "this rig has no proxy"
             return proxied_kubeconfig(self.work, self.proxy.url, self.cluster.tokens[identity], identity)
         return self.cluster.kubeconfig(identity)
 
@@ -219,27 +220,38 @@ def launchers_phase(pipeline: Pipeline, redis_client: redis.Redis, pods: int, ru
 
 def throughput_phase(rig: Rig, *, proxied: bool, pods: int, rounds: int, launchers: int,
                      concurrency: int) -> Throughput:
-    """Alternating rounds (the order rotates) of the raw client and the launchers, through the proxy
-    or directly against the apiserver; medians."""
-    tag, inflight = ("p" if proxied else "d"), launchers * concurrency
+    """Alternating rounds of the raw client and the launchers, through the proxy or directly against the
+    apiserver; medians."""
+    return alternating_rounds(rig, lambda who: rig.kubeconfig(who, proxied=proxied), tag="p" if proxied else "d",
+                              pods=pods, rounds=rounds, launchers=launchers, concurrency=concurrency)
+
+
+def alternating_rounds(rig: Rig, kubeconfig: Callable[[str], str], *, tag: str, pods: int, rounds: int,
+                       launchers: int, concurrency: int) -> Throughput:
+    """``rounds`` rounds (the order rotating each round) of ``pods`` creates by the raw client with
+    ``launchers * concurrency`` threads and by ``launchers`` launcher processes x ``concurrency``, both
+    reaching the apiserver with ``kubeconfig(identity)``; each side gets a warm-up round first (its
+    connections opened, its caches filled: not measured); medians."""
+    inflight = launchers * concurrency
     ns = rig.namespaces
     settings = rig.settings(namespace=ns.launched, queue="bench", scheduler_id="bench")
-    raw_api = api_client(rig.kubeconfig("admin", proxied=proxied), pool_size=2 * inflight)
+    raw_api = api_client(kubeconfig("admin"), pool_size=2 * inflight)
     redis_client = redis.Redis.from_url(rig.redis_url)
     pipe = Pipeline(settings, rig.cluster, rig.children, setenv=rig.setenv,
-                    launcher_kubeconfig=rig.kubeconfig("launcher", proxied=proxied))
+                    launcher_kubeconfig=kubeconfig("launcher"))
     try:
         for i in range(launchers):
-            pipe.launcher(launch_concurrency=str(concurrency),
-                          consumer_name=f"{'proxied' if proxied else 'direct'}-launcher-{i}")
+            pipe.launcher(launch_concurrency=str(concurrency), consumer_name=f"{tag}-launcher-{i}")
         pipe.wait_serving(Streams(redis_client, settings))
         raw_core = k8s.CoreV1Api(raw_api)
         sides: dict[str, tuple[str, Callable[[str], Round]]] = {
             "raw": (ns.raw, lambda run: raw_client_phase(raw_core, ns.raw, pods, inflight, run)),
             "kubestream": (ns.launched, lambda run: launchers_phase(pipe, redis_client, pods, run)),
         }
-        raw_client_phase(raw_core, ns.raw, inflight, inflight, f"{tag}-warmup")  # connections, caches: not measured
+        raw_client_phase(raw_core, ns.raw, inflight, inflight, f"{tag}-warmup")
         rig.settle(ns.raw, inflight)
+        launchers_phase(pipe, redis_client, 2 * inflight, f"{tag}-warmup")  # each launcher reads 2 x concurrency
+        rig.settle(ns.launched, 2 * inflight)
         got: dict[str, list[Round]] = {name: [] for name in sides}
         names = list(sides)
         for i in range(rounds):

@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latencies", default="0,50,200", help="added one-way latencies, ms, comma-separated")
     parser.add_argument("--launchers", default="1,2,4", help="kubestream launcher counts, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight per launcher (its default)")
+    parser.add_argument("--equal-rounds", type=int, default=3,
+                        help="rounds of N creates per side, launchers vs raw client at equal concurrency (0: none)")
     parser.add_argument("--kubelet-workers", type=int, default=32, help="API workers of the simulated kubelet")
     parser.add_argument("--cap-seconds", type=float, default=120.0, help="time limit of one configuration")
     parser.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after this long")
@@ -87,8 +89,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.environ.update(env)  # before anything imports Airflow
     from bench.pipeline import local_servers  # imports Airflow (through the executor)
     from bench.versus_phases import (
+        CREATES_NAMESPACE,
         NAMESPACE,
         RAW_NAMESPACE,
+        equal_concurrency,
         kubernetes_executor_has_async_creation,
         kubernetes_executor_phase,
         kubestream_phase,
@@ -100,13 +104,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     launcher_counts = [int(n) for n in _numbers(args.launchers)]
     results: list[dict[str, Any]] = []
     ceilings: list[dict[str, Any]] = []
+    equal: list[dict[str, Any]] = []
     pg.start()
     try:
         db = AirflowDb(work / "airflow", args.tasks)
         _log("airflow db migrate + the benchmark DAG")
         db.prepare({**os.environ})
         with local_servers(work) as (local, cluster, redis_url):
-            local.ensure_namespaces(cluster, (NAMESPACE, RAW_NAMESPACE))
+            local.ensure_namespaces(cluster, (NAMESPACE, RAW_NAMESPACE, CREATES_NAMESPACE))
             setup_seconds = time.monotonic() - started
             for latency in _numbers(args.latencies):
                 rig = start_latency_rig(cluster, redis_url, work / f"latency-{int(latency)}", latency_ms=latency,
@@ -116,6 +121,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     ceiling = raw_ceiling(rig, pods=args.tasks, threads=max(launcher_counts) * args.concurrency)
                     ceilings.append(asdict(ceiling))
                     _log(f"{latency:.0f} ms: raw client {ceiling.pods_per_s} pods/s ({ceiling.threads} threads)")
+                    # through the proxy at every latency, and directly too at 0 ms
+                    for direct in ((False, True) if latency == 0 else (False,)) if args.equal_rounds else ():
+                        for n in launcher_counts:
+                            eq = equal_concurrency(rig, pods=args.tasks, rounds=args.equal_rounds, launchers=n,
+                                                   concurrency=args.concurrency, direct=direct)
+                            equal.append(asdict(eq))
+                            _log(f"{latency:.0f} ms, {eq.via}: {n} launchers x {args.concurrency} "
+                                 f"{eq.launchers_pods_per_s} pods/s, raw client {eq.raw_pods_per_s} ({eq.ratio})")
                     configs: list[int | str] = [*launcher_counts, "default", "best"]
                     for config in configs:
                         if isinstance(config, int):
@@ -147,7 +160,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "launch_concurrency": args.concurrency, "cap_seconds": args.cap_seconds, "via": VIA,
         "kubelet": "one simulated kubelet process (rules mode, succeed: 50 ms ContainerCreating + 100 ms Running, "
                    f"{args.kubelet_workers} API workers) for every configuration",
-        "raw_ceiling": ceilings, "results": results,
+        "raw_ceiling": ceilings, "equal_concurrency": equal, "equal_rounds": args.equal_rounds, "results": results,
         "setup_seconds": round(setup_seconds, 1), "bench_seconds": round(time.monotonic() - started, 1),
     }
 

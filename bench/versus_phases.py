@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from kubernetes import client as k8s
 
-from bench.pipeline import raw_client_phase
+from bench.pipeline import Namespaces, Rig, alternating_rounds, raw_client_phase
 from bench.versus_airflow import AirflowDb
 from bench.versus_kubelet import start_sized_kubelet
 from bench.versus_loop import LoopRecord, drive
@@ -49,6 +49,7 @@ from kubestream.settings import AIRFLOW_ENV_PREFIX, Settings
 
 NAMESPACE = "versus"  # the executors' pods; the simulated kubelet runs them
 RAW_NAMESPACE = "versus-raw"  # the raw ceiling's pods (no kubelet: they stay Pending)
+CREATES_NAMESPACE = "versus-creates"  # the launchers' pods of the equal-concurrency rounds (no kubelet either)
 KE_ENV = "AIRFLOW__KUBERNETES_EXECUTOR__"
 
 
@@ -186,6 +187,39 @@ def raw_ceiling(rig: LatencyRig, *, pods: int, threads: int) -> RawCeiling:
     finally:
         api.close()
     return RawCeiling(rig.latency_ms, pods, threads, round(measured.pods_per_s, 1))
+
+
+# -- launchers against the raw client, at equal concurrency ---------------------------------------------------
+
+
+@dataclass
+class EqualConcurrency:
+    latency_ms: float
+    via: str  # "proxy" (the latency proxy, as every other figure at this latency) or "direct" (no proxy)
+    launchers: int
+    in_flight: int  # launchers x launch_concurrency = the raw client's threads
+    pods: int
+    raw_pods_per_s: float
+    launchers_pods_per_s: float
+    ratio: float  # launchers / raw client, medians over the rounds
+    rounds_pods_per_s: dict[str, list[float]]
+
+
+def equal_concurrency(rig: LatencyRig, *, pods: int, rounds: int, launchers: int, concurrency: int,
+                      direct: bool = False) -> EqualConcurrency:
+    """``rounds`` alternating rounds of ``pods`` creates: the official client with ``launchers x
+    concurrency`` threads against ``launchers`` launcher processes x ``concurrency``, fed through Redis
+    (no kubelet in either namespace: a create is all that is measured), through the latency proxy or
+    ``direct``ly against the apiserver."""
+    creates = Rig(rig.cluster, rig.redis_url, None, rig.children, rig.admin, rig.work,
+                  Namespaces(raw=RAW_NAMESPACE, launched=CREATES_NAMESPACE, done=NAMESPACE), os.environ.__setitem__)
+    via = "direct" if direct else "proxy"
+    measured = alternating_rounds(creates, rig.cluster.kubeconfig if direct else rig.kubeconfig,
+                                  tag=f"{via[0]}{int(rig.latency_ms)}-k{launchers}", pods=pods, rounds=rounds,
+                                  launchers=launchers, concurrency=concurrency)
+    return EqualConcurrency(rig.latency_ms, via, launchers, launchers * concurrency, pods,
+                            measured.raw_client_pods_per_s, measured.kubestream_pods_per_s,
+                            measured.ratio_kubestream_to_raw, measured.rounds_pods_per_s)
 
 
 # -- shared measurement ---------------------------------------------------------------------------------------

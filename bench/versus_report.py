@@ -39,19 +39,28 @@ def _rate(r: dict[str, Any]) -> str:
     return f"{_fmt(r['pods_per_s'])}{'*' if r['capped'] else ''}"
 
 
+def _equal(doc: dict[str, Any], latency: float, launchers: int, via: str = "proxy") -> dict[str, Any] | None:
+    return next((e for e in doc.get("equal_concurrency", []) if e["latency_ms"] == latency
+                 and e["launchers"] == launchers and e["via"] == via), None)
+
+
+def _share(e: dict[str, Any] | None) -> str:
+    return "n/a" if e is None else f"**{e['ratio']:.2f}**"
+
+
 def headline(doc: dict[str, Any]) -> str:
     """kubestream / KubernetesExecutor throughput, and KubernetesExecutor / kubestream scheduler CPU per
     task and longest heartbeat, each pair measured in the same run at the same latency."""
-    ks_configs = [f"kubestream {n} launcher{'s' if n > 1 else ''}" for n in doc["launchers"]]
-    ks_configs = [ks_configs[i] for i in sorted({len(ks_configs) // 2, len(ks_configs) - 1})]
+    counts = [doc["launchers"][i] for i in sorted({len(doc["launchers"]) // 2, len(doc["launchers"]) - 1})]
     rows = ["| latency | configuration | pods/s | vs KE best | vs KE default | scheduler CPU ms/task "
             "| KE best / it | KE default / it | longest heartbeat ms | KE best / it | KE default / it "
-            "| all N terminal s | KE best / it |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| all N terminal s | KE best / it | its launchers / raw client, same in flight |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for latency in doc["latencies_ms"]:
         best = _by(doc, latency, "KubernetesExecutor best")
         default = _by(doc, latency, "KubernetesExecutor default")
-        for config in ks_configs:
+        for count in counts:
+            config = f"kubestream {count} launcher{'s' if count > 1 else ''}"
             ks = _by(doc, latency, config)
             if ks is None:
                 continue
@@ -66,12 +75,27 @@ def headline(doc: dict[str, Any]) -> str:
                 f"| {_ratio(best and best['heartbeat_ms_max'], ks['heartbeat_ms_max'])} "
                 f"| {_ratio(default and default['heartbeat_ms_max'], ks['heartbeat_ms_max'])} "
                 f"| {_terminal(ks)} "
-                f"| {_ratio(best and best['seconds_to_all_terminal'], ks['seconds_to_all_terminal'])} |")
+                f"| {_ratio(best and best['seconds_to_all_terminal'], ks['seconds_to_all_terminal'])} "
+                f"| {_share(_equal(doc, latency, count))} |")
         for ke in (best, default):
             if ke is not None:
                 rows.append(f"| {latency:.0f} ms | {ke['config']} | {_rate(ke)} | | "
                             f"| {_fmt(ke['scheduler_cpu_ms_per_task'], 2)} | | | {_fmt(ke['heartbeat_ms_max'])} | | "
-                            f"| {_terminal(ke)} | |")
+                            f"| {_terminal(ke)} | | |")
+    return "\n".join(rows)
+
+
+def equal_table(doc: dict[str, Any]) -> str:
+    """Launchers against the raw client with as many creates in flight, create rounds only (no kubelet)."""
+    rows = ["| latency | via | launchers x creates in flight | raw client, same threads (pods/s) "
+            "| launchers (pods/s) | **launchers / raw** | rounds: raw; launchers (pods/s) |",
+            "|---|---|---|---|---|---|---|"]
+    for e in doc.get("equal_concurrency", []):
+        rounds = e["rounds_pods_per_s"]
+        rows.append(f"| {e['latency_ms']:.0f} ms | {e['via']} | {e['launchers']} x {e['in_flight'] // e['launchers']} "
+                    f"| {_fmt(e['raw_pods_per_s'])} | {_fmt(e['launchers_pods_per_s'])} | {_share(e)} "
+                    f"| {', '.join(_fmt(r) for r in rounds['raw'])}; "
+                    f"{', '.join(_fmt(r) for r in rounds['kubestream'])} |")
     return "\n".join(rows)
 
 
@@ -125,6 +149,9 @@ def markdown(doc: dict[str, Any], *, results_file: Path, images: list[Path]) -> 
         "",
         headline(doc),
         "",
+        *([f"Launchers against the raw client with as many creates in flight ({doc['equal_rounds']} alternating "
+            f"rounds of {doc['tasks']} creates per side, medians; no kubelet in these namespaces):", "",
+            equal_table(doc), ""] if doc.get("equal_concurrency") else []),
         "All figures:",
         "",
         full_table(doc),

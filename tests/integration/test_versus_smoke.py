@@ -23,7 +23,7 @@ def test_versus_runs_every_configuration_at_each_latency(tmp_path) -> None:
     out, images = tmp_path / "results", tmp_path / "img"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.versus", "--tasks", "4", "--latencies", ",".join(map(str, LATENCIES)),
-         "--launchers", "1,2", "--concurrency", "4", "--cap-seconds", "90", "--max-seconds", "540",
+         "--launchers", "1,2", "--concurrency", "4", "--equal-rounds", "2", "--cap-seconds", "90", "--max-seconds", "540",
          "--out", str(out), "--images", str(images), "--no-docs"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -32,6 +32,15 @@ def test_versus_runs_every_configuration_at_each_latency(tmp_path) -> None:
 
     assert {c["latency_ms"] for c in doc["raw_ceiling"]} == set(LATENCIES)
     assert all(c["pods_per_s"] > 0 and c["threads"] == 8 for c in doc["raw_ceiling"])
+    # launchers against the raw client with as many creates in flight: through the proxy at each latency,
+    # directly too at 0 ms; every round created all its pods (a short round fails the run)
+    assert sorted((e["latency_ms"], e["via"], e["launchers"], e["in_flight"]) for e in doc["equal_concurrency"]) == \
+        sorted([(0.0, "direct", 1, 4), (0.0, "direct", 2, 8)]
+               + [(latency, "proxy", n, 4 * n) for latency in LATENCIES for n in (1, 2)])
+    for e in doc["equal_concurrency"]:
+        assert e["raw_pods_per_s"] > 0 and e["launchers_pods_per_s"] > 0, e
+        assert e["ratio"] == pytest.approx(e["launchers_pods_per_s"] / e["raw_pods_per_s"], rel=0.01), e
+        assert [len(r) for r in e["rounds_pods_per_s"].values()] == [2, 2], e
     assert sorted((r["latency_ms"], r["config"]) for r in doc["results"]) == \
         sorted((latency, config) for latency in LATENCIES for config in CONFIGS)
     for r in doc["results"]:
@@ -53,5 +62,6 @@ def test_versus_runs_every_configuration_at_each_latency(tmp_path) -> None:
 
     assert sorted(p.name for p in images.glob("*.png")) == \
         ["versus-heartbeat.png", "versus-scheduler-cpu.png", "versus-throughput.png"]
-    assert "| 20 ms | kubestream 2 launchers |" in proc.stdout  # the Markdown table
+    assert "| 20 ms | kubestream 2 launchers |" in proc.stdout  # the Markdown tables
+    assert "| 20 ms | proxy | 2 x 4 |" in proc.stdout and "| 0 ms | direct | 1 x 4 |" in proc.stdout
     assert "logs kept in" not in proc.stderr
