@@ -60,7 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--launchers", default="1,2,4", help="kubestream launcher counts, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight per launcher (its default)")
     parser.add_argument("--equal-rounds", type=int, default=3,
-                        help="rounds of N creates per side, launchers vs raw client at equal concurrency (0: none)")
+                        help="rounds per side, launchers vs raw client at equal concurrency (0: none)")
+    parser.add_argument("--equal-pods", type=int, default=1000,
+                        help="creates per round of those rounds (long enough that a round's start and end "
+                             "do not weigh at 1000 pods/s)")
     parser.add_argument("--kubelet-workers", type=int, default=32, help="API workers of the simulated kubelet")
     parser.add_argument("--cap-seconds", type=float, default=120.0, help="time limit of one configuration")
     parser.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after this long")
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     # through the proxy at every latency, and directly too at 0 ms
                     for direct in ((False, True) if latency == 0 else (False,)) if args.equal_rounds else ():
                         for n in launcher_counts:
-                            eq = equal_concurrency(rig, pods=args.tasks, rounds=args.equal_rounds, launchers=n,
+                            eq = equal_concurrency(rig, pods=args.equal_pods, rounds=args.equal_rounds, launchers=n,
                                                    concurrency=args.concurrency, direct=direct)
                             equal.append(asdict(eq))
                             _log(f"{latency:.0f} ms, {eq.via}: {n} launchers x {args.concurrency} "
@@ -160,7 +163,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "launch_concurrency": args.concurrency, "cap_seconds": args.cap_seconds, "via": VIA,
         "kubelet": "one simulated kubelet process (rules mode, succeed: 50 ms ContainerCreating + 100 ms Running, "
                    f"{args.kubelet_workers} API workers) for every configuration",
-        "raw_ceiling": ceilings, "equal_concurrency": equal, "equal_rounds": args.equal_rounds, "results": results,
+        "raw_ceiling": ceilings, "equal_concurrency": equal, "equal_rounds": args.equal_rounds,
+        "equal_pods": args.equal_pods, "results": results,
         "setup_seconds": round(setup_seconds, 1), "bench_seconds": round(time.monotonic() - started, 1),
     }
 

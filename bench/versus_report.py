@@ -150,7 +150,8 @@ def markdown(doc: dict[str, Any], *, results_file: Path, images: list[Path]) -> 
         headline(doc),
         "",
         *([f"Launchers against the raw client with as many creates in flight ({doc['equal_rounds']} alternating "
-            f"rounds of {doc['tasks']} creates per side, medians; no kubelet in these namespaces):", "",
+            f"rounds of {doc.get('equal_pods', doc['tasks'])} creates per side, medians; no kubelet in these "
+            "namespaces):", "",
             equal_table(doc), ""] if doc.get("equal_concurrency") else []),
         "All figures:",
         "",

@@ -132,6 +132,9 @@ class FakePodApi:
             self._changes.clear()
 
     # -- the PodApi surface ------------------------------------------------------------------------
+    def create_unread(self, namespace: str, pod: Pod, *, timeout: tuple[float, float] | None = None) -> None:
+        self.create(namespace, pod, timeout=timeout)
+
     def create(self, namespace: str, pod: Pod, *, timeout: tuple[float, float] | None = None) -> Pod:
         name = str((pod.get("metadata") or {}).get("name") or "")
         self._before("create")

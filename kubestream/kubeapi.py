@@ -281,6 +281,10 @@ class PodApi:
         created: Pod = request(self.api, "POST", pods_path(namespace), pod, timeout=timeout or self.timeout)
         return created
 
+    def create_unread(self, namespace: str, pod: Pod, *, timeout: Timeout | None = None) -> None:
+        """``create``, the created pod the API answers with left unparsed (a launcher has no use for it)."""
+        exchange(self.api, "POST", pods_path(namespace), encode_body(pod), timeout=timeout or self.timeout)
+
     def get(self, namespace: str, name: str, *, timeout: Timeout | None = None) -> Pod | None:
         """The pod, or None when there is none (404)."""
         try:

@@ -518,7 +518,7 @@ class Launcher:
         ``_OlderPodExists`` (retried until that pod is gone)."""
         name = pod["metadata"]["name"]
         try:
-            self.pods.create(namespace, pod, timeout=self._timeout(deadline))
+            self.pods.create_unread(namespace, pod, timeout=self._timeout(deadline))
             return
         except ApiError as exc:
             if exc.status != 409 or not dispatch:
@@ -542,7 +542,7 @@ class Launcher:
         log.info("deleted the %s pod of an earlier dispatch %s that held the name", phase, theirs,
                  extra={"pod": name, "namespace": namespace})
         try:
-            self.pods.create(namespace, pod, timeout=self._timeout(deadline))
+            self.pods.create_unread(namespace, pod, timeout=self._timeout(deadline))
         except ApiError as exc:
             if exc.status == 409:  # taken again meanwhile: look at who holds it on the next attempt
                 raise _PodVanished("the pod name was taken again after the delete") from None

@@ -23,7 +23,8 @@ def test_versus_runs_every_configuration_at_each_latency(tmp_path) -> None:
     out, images = tmp_path / "results", tmp_path / "img"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.versus", "--tasks", "4", "--latencies", ",".join(map(str, LATENCIES)),
-         "--launchers", "1,2", "--concurrency", "4", "--equal-rounds", "2", "--cap-seconds", "90", "--max-seconds", "540",
+         "--launchers", "1,2", "--concurrency", "4", "--equal-rounds", "2", "--equal-pods", "6",
+         "--cap-seconds", "90", "--max-seconds", "540",
          "--out", str(out), "--images", str(images), "--no-docs"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
