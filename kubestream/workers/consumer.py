@@ -208,13 +208,16 @@ class StreamConsumer:
         return out
 
     def ack(self, entries: Sequence[Entry]) -> None:
-        """Acknowledge and delete settled entries, all in one MULTI."""
+        """Acknowledge and delete settled entries, all in one MULTI (one XACK and one XDEL per stream)."""
         if not entries:
             return
-        pipe = self.redis.pipeline(transaction=True)
+        by_stream: dict[str, list[str]] = {}
         for entry in entries:
-            pipe.xack(entry.stream, LAUNCH_GROUP, entry.entry_id)
-            pipe.xdel(entry.stream, entry.entry_id)
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        pipe = self.redis.pipeline(transaction=True)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, LAUNCH_GROUP, *ids)
+            pipe.xdel(stream, *ids)
         pipe.execute()
 
     def nothing_pending(self) -> bool:

@@ -627,3 +627,21 @@ def test_a_launch_over_the_size_cap_is_dead_lettered_at_read(pods, redis_client,
     assert pods.calls_of("create") == []
     (dead,) = redis_client.xrange(keys.dead)
     assert dead[1][b"reason"].startswith(b"size: ") and b"over max_message_bytes=2048" in dead[1][b"reason"]
+
+
+def test_ack_settles_a_batch_spread_over_several_streams_and_nothing_else(redis_client, keys) -> None:
+    streams = [keys.launch("default", 100), keys.launch("default")]  # a priority band's stream and the plain one
+    consumer = StreamConsumer(redis_client, streams, "acker-test", min_idle_ms=60_000)
+    consumer.ensure_groups()
+    for stream in streams:
+        for i in range(3):
+            redis_client.xadd(stream, {"m": f"{stream}-{i}"})
+    read = consumer.read_new(10, block_ms=10)
+    assert len(read) == 6
+    kept = [e for e in read if e.entry_id == read[0].entry_id or e.entry_id == read[-1].entry_id]
+    consumer.ack([e for e in read if e not in kept])
+    assert [redis_client.xlen(s) for s in streams] == [1, 1]  # acknowledged entries deleted, one per stream kept
+    assert sum(redis_client.xpending(s, LAUNCH_GROUP)["pending"] for s in streams) == 2
+    consumer.ack([])
+    consumer.ack(kept)
+    assert [redis_client.xlen(s) for s in streams] == [0, 0] and consumer.nothing_pending()
