@@ -633,13 +633,13 @@ def test_ack_settles_a_batch_spread_over_several_streams_and_nothing_else(redis_
     streams = [keys.launch("default", 100), keys.launch("default")]  # a priority band's stream and the plain one
     consumer = StreamConsumer(redis_client, streams, "acker-test", min_idle_ms=60_000)
     consumer.ensure_groups()
-    for stream in streams:
-        for i in range(3):
-            redis_client.xadd(stream, {"m": f"{stream}-{i}"})
+    for stream in streams:  # the same entry ids in both streams: an id names an entry only with its stream
+        for i in range(1, 4):
+            redis_client.xadd(stream, {"m": f"{stream}-{i}"}, id=f"1-{i}")
     read = consumer.read_new(10, block_ms=10)
-    assert len(read) == 6
-    kept = [e for e in read if e.entry_id == read[0].entry_id or e.entry_id == read[-1].entry_id]
-    consumer.ack([e for e in read if e not in kept])
+    assert [(e.stream, e.entry_id) for e in read] == [(s, f"1-{i}") for s in streams for i in range(1, 4)]
+    kept = [read[0], read[-1]]  # one entry of each stream
+    consumer.ack(read[1:-1])
     assert [redis_client.xlen(s) for s in streams] == [1, 1]  # acknowledged entries deleted, one per stream kept
     assert sum(redis_client.xpending(s, LAUNCH_GROUP)["pending"] for s in streams) == 2
     consumer.ack([])
