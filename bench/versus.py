@@ -1,8 +1,8 @@
 """Benchmark: kubestream beside the KubernetesExecutor, on the same cluster, in the same run.
 
     .venv/bin/python -m bench.versus [--tasks 300] [--latencies 0,50,200] [--launchers 1,2,4]
-                                     [--concurrency 16] [--kubelet-workers 32] [--cap-seconds 120]
-                                     [--max-seconds 1500]
+                                     [--concurrency 16] [--equal-rounds 3] [--equal-pods 1000]
+                                     [--kubelet-workers 32] [--cap-seconds 120] [--max-seconds 1500]
                                      [--out bench/results] [--no-docs]
 
 One real kube-apiserver + etcd, one redis-server and one PostgreSQL (Airflow metadata DB, ``airflow db
@@ -15,7 +15,9 @@ One simulated kubelet (own process, direct to the apiserver) runs every executor
 pod appeared and succeeded.
 
 At each latency, in this order: the raw ceiling (the official client, as many threads as kubestream's
-widest configuration has creates in flight), kubestream with each launcher count, the
+widest configuration has creates in flight), launchers against the raw client at equal concurrency
+(``--equal-rounds`` alternating rounds of ``--equal-pods`` creates per side for each launcher count,
+no kubelet; directly too at 0 ms), kubestream with each launcher count, the
 KubernetesExecutor with its defaults, then with its best throughput settings. Each executor gets N
 task instances QUEUED in a DagRun of its own (real metadata DB: a Job row, ``ExecuteTask.make``,
 ``queue_workload``), driven by the same loop (``heartbeat()`` + ``get_event_buffer()``). A phase stops
