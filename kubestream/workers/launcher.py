@@ -74,6 +74,14 @@ log = logging.getLogger("kubestream.launcher")
 REQUEST_FLOOR_SECONDS = 1.0  # no API request gets less time to answer, even at its budget's very end
 FINISHED_PHASES = ("Succeeded", "Failed")
 STREAM_STATS_INTERVAL_SECONDS = 5.0  # how often the launch streams' lag and pending counts are read
+ACK_LINGER_SECONDS = 0.005  # how long settled entries may wait for more to join their acknowledgement
+
+
+def ack_now(settled: int, in_flight: int, *, batch: int, stopping: bool = False) -> bool:
+    """Whether the acker acknowledges the ``settled`` entries now rather than lingering (at most
+    ``ACK_LINGER_SECONDS``) for the creates still ``in_flight`` to settle into the same round trip:
+    once ``batch`` are settled, when nothing else is in flight, or when the launcher stops."""
+    return settled > 0 and (stopping or in_flight == 0 or settled >= batch)
 
 
 @dataclass(slots=True)
@@ -219,11 +227,16 @@ class Launcher:
             return list(self._settled)
 
     def _ack_loop(self) -> None:
-        """Acknowledge settled entries as they come: one MULTI per batch that gathered meanwhile."""
+        """Acknowledge settled entries in batches: one MULTI for what settled meanwhile, lingering up to
+        ``ACK_LINGER_SECONDS`` for the creates in flight (``ack_now``)."""
         failures = 0
+        concurrency = self.settings.launch_concurrency
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
+                # one round trip per batch, not per create: creates settle one by one
+                self._lock.wait_for(lambda: ack_now(len(self._settled), len(self._inflight), batch=concurrency,
+                                                    stopping=self._acker_stop), timeout=ACK_LINGER_SECONDS)
                 batch, self._settled = self._settled, []
                 self._acking = batch
                 if not batch and self._acker_stop:

@@ -35,7 +35,7 @@ from kubestream.signing import Signer, new_key
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, PREFIX_ANNOTATION, TaskKey, key_from_annotations, task_annotations
 from kubestream.workers.consumer import Entry, StreamConsumer
-from kubestream.workers.launcher import REQUEST_FLOOR_SECONDS, Launcher
+from kubestream.workers.launcher import REQUEST_FLOOR_SECONDS, Launcher, ack_now
 
 NS = "tasks"
 OWNER = "sched-a"
@@ -645,3 +645,17 @@ def test_ack_settles_a_batch_spread_over_several_streams_and_nothing_else(redis_
     consumer.ack([])
     consumer.ack(kept)
     assert [redis_client.xlen(s) for s in streams] == [0, 0] and consumer.nothing_pending()
+
+
+@pytest.mark.parametrize("settled, in_flight, stopping, now", [
+    (0, 0, False, False),  # nothing to acknowledge
+    (0, 5, True, False),
+    (1, 5, False, False),  # creates still in flight: linger, they join the same round trip
+    (15, 16, False, False),
+    (16, 16, False, True),  # a batch's worth: at once
+    (40, 16, False, True),
+    (1, 0, False, True),  # nothing else in flight: nothing to wait for
+    (1, 5, True, True),  # stopping: at once
+])
+def test_the_acker_lingers_only_while_creates_can_still_join_the_batch(settled, in_flight, stopping, now) -> None:
+    assert ack_now(settled, in_flight, batch=16, stopping=stopping) is now
