@@ -234,9 +234,9 @@ class Launcher:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
-                # one round trip per batch, not per create: creates settle one by one
-                self._lock.wait_for(lambda: ack_now(len(self._settled), len(self._inflight), batch=concurrency,
-                                                    stopping=self._acker_stop), timeout=ACK_LINGER_SECONDS)
+                if self._settled:  # one round trip per batch, not per create: creates settle one by one
+                    self._lock.wait_for(lambda: ack_now(len(self._settled), len(self._inflight), batch=concurrency,
+                                                        stopping=self._acker_stop), timeout=ACK_LINGER_SECONDS)
                 batch, self._settled = self._settled, []
                 self._acking = batch
                 if not batch and self._acker_stop:
