@@ -45,11 +45,12 @@ from bench.runner import arm_watchdog, run_workdir
 from devkit.cluster import ClusterState, LocalCluster
 from devkit.components import REPO_ROOT
 from devkit.redisserver import RedisServer
-from devkit.workloads import DEV_SIGNING_KEYS, jwt_with, signed
+from devkit.workloads import DEV_SIGNING_KEYS, jwt_with
 from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, raw
 from kubestream.messages import LaunchTask, decode, encode
 from kubestream.settings import Settings
+from kubestream.signing import signer_for
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, TaskKey
 from kubestream.workers.consumer import Entry
@@ -104,7 +105,7 @@ class Bench:
         self.keys = Keys(self.settings.key_prefix)
         self.stream = self.keys.launch(QUEUE)
         self.redis = redis.Redis.from_url(redis_url)
-        self.store = TaskStore(self.redis, self.keys, self.settings)
+        self.store = TaskStore(self.redis, self.keys, self.settings, signer_for(self.settings))
         self.launcher_api = api_client(cluster.kubeconfig("launcher"), pool_size=4)
         self.launcher = Launcher(self.settings, self.redis, self.launcher_api, name="cpu-bench")
         self.launcher.consumer.ensure_groups()
@@ -125,11 +126,10 @@ class Bench:
         for i in range(n):
             key = TaskKey("cpu", f"t{i}", run, 1)
             dispatch = str(uuid.uuid4())
-            self.store.record_dispatch(pipe, key, owner="bench", queue=QUEUE, namespace=self.namespace,
-                                       dispatch=dispatch)
             msg = LaunchTask(key=key, queue=QUEUE, scheduler_id="bench", workload_json=workload_json(key),
                              external_executor_id=dispatch)
-            pipe.xadd(self.stream, signed(self.settings, self.stream, encode(msg)))
+            self.store.dispatch(pipe, key, owner="bench", queue=QUEUE, namespace=self.namespace, dispatch=dispatch,
+                                stream=self.stream, message=encode(msg))
         pipe.execute()
 
     def read(self, count: int) -> list[Entry]:

@@ -28,7 +28,7 @@ import redis
 from devkit.redisserver import RedisServer
 from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP, Keys
-from kubestream.messages import LaunchTask, TaskState, TaskStateChanged, decode, encode, message_digest
+from kubestream.messages import LaunchTask, TaskState, TaskStateChanged, decode, encode
 from kubestream.settings import Settings
 from kubestream.signing import Signer, signer_for
 from kubestream.store import TaskStore
@@ -78,10 +78,8 @@ def memory_phase(client: redis.Redis, settings: Settings, tasks: int) -> Memory:
     task_keys = [TaskKey("footprint", f"t{i}", "run-1", 1) for i in range(tasks)]
     pipe = client.pipeline(transaction=True)
     for key in task_keys:  # the executor's dispatch
-        raw = encode(_launch(key))
-        store.record_dispatch(pipe, key, owner="sched", queue="default", namespace="tasks",
-                              dispatch=f"ext-{key.task_id}", digest=message_digest(raw))
-        pipe.xadd(stream, signer.sign(stream, raw))
+        store.dispatch(pipe, key, owner="sched", queue="default", namespace="tasks", dispatch=f"ext-{key.task_id}",
+                       stream=stream, message=encode(_launch(key)))
     pipe.execute()
     client.xreadgroup(LAUNCH_GROUP, "launcher", {stream: ">"}, count=tasks)  # a launcher settles them all
     for eid, _ in client.xrange(stream):

@@ -66,11 +66,12 @@ from devkit.isolated import IsolatedProxy, proxied_kubeconfig, start_kubelet, st
 from devkit.pipeline import Pipeline
 from devkit.probe import Streams
 from devkit.redisserver import RedisServer
-from devkit.workloads import DEV_SIGNING_KEYS, signed
+from devkit.workloads import DEV_SIGNING_KEYS
 from kubestream.keys import Keys
 from kubestream.kubeapi import api_client, raw
 from kubestream.messages import LaunchTask, TaskState, TaskStateChanged, encode
 from kubestream.settings import Settings
+from kubestream.signing import signer_for
 from kubestream.store import TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.workers.podspec import build_pod
@@ -202,14 +203,13 @@ def launchers_phase(pipeline: Pipeline, redis_client: redis.Redis, pods: int, ru
     """``pods`` launches written in one MULTI/EXEC; the time until the launchers created them all."""
     settings = pipeline.settings
     keys, queue = Keys(settings.key_prefix), settings.queues[0]
-    store = TaskStore(redis_client, keys, settings)
+    store = TaskStore(redis_client, keys, settings, signer_for(settings))
     stream = keys.launch(queue)
     pipe = redis_client.pipeline(transaction=True)
-    for i in range(pods):
+    for i in range(pods):  # as the executor dispatches
         key = TaskKey("ks", f"t{i}", run, 1)
-        store.record_dispatch(pipe, key, owner="bench", queue=queue, namespace=settings.namespace, dispatch="")
-        pipe.xadd(stream, signed(settings, stream,
-                                 encode(LaunchTask(key=key, queue=queue, scheduler_id="bench", workload_json="{}"))))
+        store.dispatch(pipe, key, owner="bench", queue=queue, namespace=settings.namespace, dispatch="", stream=stream,
+                       message=encode(LaunchTask(key=key, queue=queue, scheduler_id="bench", workload_json="{}")))
     t0 = time.perf_counter()
     pipe.execute()
     # a launcher deletes an entry once it is settled: an empty stream = all handled (settle() counts the pods)
