@@ -151,7 +151,11 @@ class Launcher:
         self._own_pending_left = True  # entries delivered to this name before this process started
         self._acker_stop = False
         self._acker = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
-        self._lock = threading.Condition()
+        # one lock, two conditions: each waiter is woken only when what it waits for may have come true
+        # (a create settles or ends per pod: waking both waiters at each would cost CPU at every create)
+        self._lock = threading.RLock()
+        self._room_freed = threading.Condition(self._lock)  # the reader waits for room for a batch
+        self._ackable = threading.Condition(self._lock)  # the acker waits for entries to acknowledge
         self.heartbeat = Heartbeat(redis_client, self.keys.health("launcher", self.name), settings.health_ttl_seconds,
                                    self.metrics, extra=lambda: {"queues": ",".join(settings.queues)})
 
@@ -212,14 +216,20 @@ class Launcher:
         self._pool.shutdown(wait=True)
         with self._lock:
             self._acker_stop = True
-            self._lock.notify_all()
+            self._ackable.notify()
         self._acker.join(timeout=30)
 
     def _ack(self, entry: Entry) -> None:
         """Mark an entry settled; the acker thread acknowledges settled entries in batches."""
         with self._lock:
             self._settled.append(entry)
-            self._lock.notify_all()
+            if len(self._settled) == 1 or self._ack_due():
+                self._ackable.notify()
+
+    def _ack_due(self) -> bool:
+        """``ack_now`` for what is settled and in flight now (the lock held)."""
+        return ack_now(len(self._settled), len(self._inflight), batch=self.settings.launch_concurrency,
+                       stopping=self._acker_stop)
 
     def settled(self) -> list[Entry]:
         """The entries settled and not acknowledged yet."""
@@ -230,13 +240,11 @@ class Launcher:
         """Acknowledge settled entries in batches: one MULTI for what settled meanwhile, lingering up to
         ``ACK_LINGER_SECONDS`` for the creates in flight (``ack_now``)."""
         failures = 0
-        concurrency = self.settings.launch_concurrency
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
+                self._ackable.wait_for(lambda: self._settled or self._acker_stop, timeout=1.0)
                 if self._settled:  # one round trip per batch, not per create: creates settle one by one
-                    self._lock.wait_for(lambda: ack_now(len(self._settled), len(self._inflight), batch=concurrency,
-                                                        stopping=self._acker_stop), timeout=ACK_LINGER_SECONDS)
+                    self._ackable.wait_for(self._ack_due, timeout=ACK_LINGER_SECONDS)
                 batch, self._settled = self._settled, []
                 self._acking = batch
                 if not batch and self._acker_stop:
@@ -264,7 +272,7 @@ class Launcher:
         with the same name) come first, in batches too: each entry's budget starts at its read."""
         concurrency = self.settings.launch_concurrency
         with self._lock:
-            if not self._lock.wait_for(lambda: len(self._inflight) <= concurrency,
+            if not self._room_freed.wait_for(lambda: len(self._inflight) <= concurrency,
                                        timeout=self.settings.block_ms / 1000):
                 return []
             free = 2 * concurrency - len(self._inflight)
@@ -311,7 +319,10 @@ class Launcher:
     def _done(self, fut: Future[None]) -> None:
         with self._lock:
             self._inflight.pop(fut, None)
-            self._lock.notify_all()
+            if len(self._inflight) <= self.settings.launch_concurrency:
+                self._room_freed.notify()
+            if self._settled and self._ack_due():
+                self._ackable.notify()
 
     def prepare(self, entries: list[Entry]) -> list[Work]:
         """Decode a batch and look up, per batch, whether each launch may go ahead."""
