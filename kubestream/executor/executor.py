@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 
 STAT = "kubestream.executor."  # prefix of the executor's own metrics (docs/operations.md)
+DISPATCH_CHUNK = 1000  # launches per MULTI/EXEC of a dispatch batch (docs/architecture.md)
 
 
 class SchedulerIdInUse(RuntimeError):
@@ -200,12 +201,26 @@ class KubeStreamExecutor(BaseExecutor):
     def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
         from airflow.executors.workloads import ExecuteTask
 
+        for w in workloads:
+            if not isinstance(w, ExecuteTask):
+                raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
+        # a big batch goes in chunks, each one MULTI/EXEC: launchers start on the first while the rest are built
+        for start in range(0, len(workloads), DISPATCH_CHUNK):
+            try:
+                self._dispatch_chunk(workloads[start:start + DISPATCH_CHUNK])
+            except redis.RedisError as exc:
+                # nothing of this chunk was written (MULTI/EXEC): it and the rest stay queued for the next heartbeat
+                left = sum(1 for w in workloads[start:] if w.ti.key in self.queued_tasks)
+                self.log.warning("Redis unavailable, %d workloads stay queued: %s", left, exc)
+                stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
+                return
+
+    def _dispatch_chunk(self, workloads: Sequence[Any]) -> None:
+        """Build, sign and write the launches of ``workloads`` in one MULTI/EXEC (a RedisError: none written)."""
         assert self.redis is not None and self.store is not None and self.keys is not None and self.settings
         started = time.monotonic()
         launches = []
         for w in workloads:
-            if not isinstance(w, ExecuteTask):
-                raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
             try:
                 msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir, mutation=self._pod_mutation)
                 try:
@@ -232,13 +247,7 @@ class KubeStreamExecutor(BaseExecutor):
             self.store.dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue, namespace=namespace,
                                 dispatch=msg.external_executor_id, message=raw,
                                 stream=self.keys.launch(msg.queue, band))  # a priority band's stream, or the plain one
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            # nothing was written (MULTI/EXEC): the workloads stay queued and go again next heartbeat
-            self.log.warning("Redis unavailable, %d workloads stay queued: %s", len(launches), exc)
-            stats.incr(f"{STAT}dispatch_redis_errors", tags=self._stat_tags)
-            return
+        pipe.execute()
         for ti_key, msg, _, namespace, band in launches:
             del self.queued_tasks[ti_key]
             if self.relauncher is not None:

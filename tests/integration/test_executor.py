@@ -35,6 +35,40 @@ def test_dispatch_is_one_round_trip_with_records_and_launches(make_executor, red
     assert len(ex.running) == 50 and not ex.queued_tasks
 
 
+def test_a_big_batch_goes_in_chunks_and_a_lost_redis_keeps_the_rest_queued(make_executor, redis_client, keys,
+                                                                            monkeypatch) -> None:
+    """Launchers start on a big batch's first chunk while the rest is written; Redis lost after a chunk: the chunks
+    written are running, the rest stays queued (nothing lost, nothing twice) and goes with the next heartbeat."""
+    import redis
+
+    from kubestream.executor import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "DISPATCH_CHUNK", 10)
+    ex = make_executor()
+    work = [workload("chunks", f"t{i}") for i in range(25)]
+    real_redis, real_chunk, chunks = ex.redis, ex._dispatch_chunk, []
+
+    def chunk_then_lose_redis(workloads):
+        chunks.append(len(workloads))
+        real_chunk(workloads)
+        ex.redis = redis.Redis(port=free_port())  # nothing listens there: the next chunk meets a real ConnectionError
+
+    monkeypatch.setattr(ex, "_dispatch_chunk", chunk_then_lose_redis)
+    before = redis_client.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+    Driver(ex).submit(work)
+    assert chunks == [10, 10]  # the second chunk's write failed: the third was not tried
+    assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == before + 1
+    assert redis_client.xlen(keys.launch("default")) == 10
+    assert {w.ti.key for w in work[:10]} == set(ex.running)
+    assert {w.ti.key for w in work[10:]} == set(ex.queued_tasks)
+    ex.redis = real_redis
+    monkeypatch.setattr(ex, "_dispatch_chunk", real_chunk)
+    ex.trigger_tasks(len(ex.queued_tasks))  # the next heartbeat: the rest, in chunks of 10
+    assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == before + 3
+    assert redis_client.xlen(keys.launch("default")) == 25
+    assert len(ex.running) == 25 and not ex.queued_tasks
+
+
 def test_unreachable_redis_keeps_work_queued_and_sync_returns(settings, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__KUBESTREAM__REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("AIRFLOW__KUBESTREAM__SCHEDULER_ID", "lonely")
