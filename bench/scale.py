@@ -230,6 +230,7 @@ def dispatch_phase(db: Any, redis_url: str, work: Path, *, tasks: int, consumers
             "scheduler_cpu_ms_per_task": round(sum(c for _, c in rec.calls) / per_task * 1000, 4),
             "scheduler_process_cpu_ms_per_task": round(scheduler.cpu_since() / per_task * 1000, 4),
             "helper_cpu_ms_per_task": {s.name: round(s.cpu_since() / per_task * 1000, 4) for s in samples},
+            "gc_ms": round(rec.gc_ms, 1),
         }
     finally:
         if executor is not None:
@@ -351,13 +352,14 @@ def markdown(doc: dict[str, Any], results_file: Path | None = None) -> str:
         f"| tasks final / lost | {d['tasks_terminal']} / {d['lost']} ({d['final_states']}) |",
         f"| end to end (first heartbeat -> last final event) | {d['seconds_end_to_end']} s = "
         f"**{d['tasks_per_s']} tasks/s** (goal >= 10,000/s) |",
-        f"| executor -> Redis alone (the first heartbeat writes all {d['tasks']} launches) | "
+        f"| executor -> Redis alone (the first heartbeat writes all {d['tasks']} launches, 1000 per MULTI/EXEC) | "
         f"{d['first_heartbeat_ms']} ms = {d['dispatch_only_tasks_per_s']} tasks/s |",
         f"| scheduler's longest call / p99 | {d['heartbeat_ms_max']} ms / {d['heartbeat_ms_p99']} ms over "
         f"{d['loop_iterations']} calls |",
         f"| scheduler CPU per task (loop / whole process) | {d['scheduler_cpu_ms_per_task']} ms / "
         f"{d['scheduler_process_cpu_ms_per_task']} ms |",
         f"| helpers' CPU per task (ms) | {d['helper_cpu_ms_per_task']} |",
+        f"| scheduler process in Python's GC during the run | {d.get('gc_ms', '-')} ms |",
     ]
     return "\n".join(lines)
 
