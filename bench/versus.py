@@ -1,7 +1,7 @@
 """Benchmark: kubestream beside the KubernetesExecutor, on the same cluster, in the same run.
 
     .venv/bin/python -m bench.versus [--tasks 300] [--latencies 0,50,200] [--launchers 1,2,4]
-                                     [--concurrency 16] [--equal-rounds 3] [--equal-pods 1000]
+                                     [--concurrency 16] [--equal-rounds 5] [--equal-pods 1000]
                                      [--kubelet-workers 32] [--cap-seconds 120] [--max-seconds 1500]
                                      [--out bench/results] [--no-docs]
 
@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latencies", default="0,50,200", help="added one-way latencies, ms, comma-separated")
     parser.add_argument("--launchers", default="1,2,4", help="kubestream launcher counts, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16, help="creates in flight per launcher (its default)")
-    parser.add_argument("--equal-rounds", type=int, default=3,
+    parser.add_argument("--equal-rounds", type=int, default=5,
                         help="rounds per side, launchers vs raw client at equal concurrency (0: none)")
     parser.add_argument("--equal-pods", type=int, default=1000,
                         help="creates per round of those rounds (long enough that a round's start and end "
