@@ -273,7 +273,7 @@ class Launcher:
         concurrency = self.settings.launch_concurrency
         with self._lock:
             if not self._room_freed.wait_for(lambda: len(self._inflight) <= concurrency,
-                                       timeout=self.settings.block_ms / 1000):
+                                             timeout=self.settings.block_ms / 1000):
                 return []
             free = 2 * concurrency - len(self._inflight)
         if self._own_pending_left:
