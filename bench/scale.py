@@ -359,7 +359,7 @@ def markdown(doc: dict[str, Any], results_file: Path | None = None) -> str:
         f"| scheduler CPU per task (loop / whole process) | {d['scheduler_cpu_ms_per_task']} ms / "
         f"{d['scheduler_process_cpu_ms_per_task']} ms |",
         f"| helpers' CPU per task (ms) | {d['helper_cpu_ms_per_task']} |",
-        f"| scheduler process in Python's GC during the run | {d.get('gc_ms', '-')} ms |",
+        f"| scheduler process in Python's GC during the run | {d['gc_ms']} ms |",
     ]
     return "\n".join(lines)
 
