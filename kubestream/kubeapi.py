@@ -1,17 +1,19 @@
 """The one place that talks to the Kubernetes API (the only kubestream module importing ``kubernetes``).
 
-- ``api_client``: an ApiClient built explicitly from a kubeconfig or the in-cluster
-  config, never from global state; its pool holds ``pool_size`` connections and the
-  client never retries on its own (callers classify errors and back off).
+- ``api_client``: an ApiClient (``KubeClient``) built explicitly from a kubeconfig or the
+  in-cluster config, never from global state; its pools hold ``pool_size`` connections and
+  the client never retries on its own (callers classify errors and back off).
 - ``PodApi``: the pod calls of the launcher, the watcher and the simulated kubelet, on
   plain dicts (API JSON, camelCase), never model objects: create, get, delete with a
   uid precondition, one page of a list, and a watch whose events are decoded here.
-- ``request`` / ``raw``: one call, its response read fully and its connection given
-  back to the pool (a response left unread costs a new TLS handshake on the next call).
-  ``request`` (every ``PodApi`` call but ``log`` and ``watch``) sends on the ApiClient's own
-  urllib3 pool, auth and headers, without its per-call machinery: the body is encoded once,
-  compact, from the plain dicts as they are (``encode_body``), and the answer is not
-  deserialized beyond ``json.loads`` (on a loaded launcher this is CPU per create).
+- ``request`` / ``exchange`` (every ``PodApi`` call but ``log`` and ``watch``): one call with
+  the ApiClient's auth and headers, without its per-call machinery: the body is encoded once,
+  compact, from the plain dicts as they are (``encode_body``), the answer is not deserialized
+  beyond ``json.loads``, and it goes on the ``KubeClient``'s ``httpwire`` pool, not urllib3
+  (on a loaded launcher this is CPU per create: ``docs/benchmarks.md``). urllib3 carries it
+  where the configuration needs it (a proxy) and for any other ApiClient.
+- ``raw``: a client method's answer, read fully, its connection given back to the pool (a
+  response left unread costs a new TLS handshake on the next call).
 - Every error answer is an ``ApiError`` (status, reason, body, headers, which
   ``apierrors.classify_exception`` reads); 410, as an HTTP status or as an ERROR event
   inside a watch, is ``Gone``.
@@ -22,15 +24,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from kubernetes import client, config
+from kubernetes.client.rest import should_bypass_proxies
+
+from kubestream.httpwire import TCP_NODELAY, Endpoint, WirePool
 
 Pod = dict[str, Any]
 Event = dict[str, Any]  # {"type": ADDED | MODIFIED | DELETED | BOOKMARK, "object": Pod}
@@ -113,8 +119,51 @@ def _api_error(exc: Any) -> ApiError:
 # --------------------------------------------------------------------------- client
 
 
-def api_client(kubeconfig: str = "", context: str = "", *, pool_size: int = 16) -> Any:
-    """An ApiClient for ``kubeconfig`` (empty: in-cluster, then ~/.kube/config)."""
+class KubeClient(client.ApiClient):  # type: ignore[misc]
+    """The client's ApiClient, with the lean connection pool (``httpwire``) that ``exchange`` sends on when
+    the configuration allows one (``wire_pool``); None: ``exchange`` goes through urllib3 as the client does."""
+
+    def __init__(self, configuration: client.Configuration) -> None:
+        super().__init__(configuration)
+        self.wire = wire_pool(configuration)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.wire is not None:
+                self.wire.close()
+
+
+def wire_pool(configuration: client.Configuration) -> WirePool | None:
+    """A ``WirePool`` to the configuration's host with its TLS settings (CA, client certificate, ``verify_ssl``,
+    ``tls_server_name``, ``assert_hostname`` False) and pool size; None where urllib3 must carry the requests:
+    a proxy, an ``assert_hostname`` naming another host, a scheme other than http(s)."""
+    url = urlsplit(configuration.host)
+    proxied = configuration.proxy and not should_bypass_proxies(configuration.host,
+                                                                  no_proxy=configuration.no_proxy or "")
+    if proxied or isinstance(configuration.assert_hostname, str) or url.scheme not in ("http", "https") \
+            or not url.hostname or url.path.strip("/"):
+        return None
+    tls = None
+    if url.scheme == "https":
+        tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        if not configuration.verify_ssl:
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        elif configuration.assert_hostname is False:
+            tls.check_hostname = False
+        if configuration.cert_file:
+            tls.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    options = tuple(configuration.socket_options or ()) or TCP_NODELAY
+    endpoint = Endpoint(host=url.hostname, port=url.port or (443 if tls else 80), authority=url.netloc, tls=tls,
+                        server_hostname=(configuration.tls_server_name or url.hostname) if tls else None,
+                        socket_options=options)
+    return WirePool(endpoint, configuration.connection_pool_maxsize or 4)
+
+
+def api_client(kubeconfig: str = "", context: str = "", *, pool_size: int = 16) -> KubeClient:
+    """An ApiClient (``KubeClient``) for ``kubeconfig`` (empty: in-cluster, then ~/.kube/config)."""
     configuration = client.Configuration()
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, context=context or None, client_configuration=configuration)
@@ -125,7 +174,7 @@ def api_client(kubeconfig: str = "", context: str = "", *, pool_size: int = 16) 
             config.load_kube_config(context=context or None, client_configuration=configuration)
     configuration.connection_pool_maxsize = pool_size
     configuration.retries = False
-    return client.ApiClient(configuration)
+    return KubeClient(configuration)
 
 
 def to_api_dict(obj: Any) -> dict[str, Any]:
@@ -211,34 +260,45 @@ def encode_body(body: Any) -> bytes:
 
 def exchange(api: Any, method: str, path: str, body: bytes | None = None, *, query: Query | None = None,
              content_type: str = JSON, timeout: Timeout = REQUEST_TIMEOUT) -> bytes:
-    """One request on ``api``'s connection pool with its host, default headers and bearer token (the
-    configuration's, refreshed by its hook as the client does), ``body`` sent as given; the answer's body,
-    read fully, the connection given back to the pool. Non-2xx: ``ApiError`` (``Gone`` for 410); a TLS
-    failure: ``ApiError`` with status 0 (as the client's); other connection errors are urllib3's own."""
+    """One request on ``api``'s connections (its ``wire`` pool when it has one, else the client's urllib3
+    pool) with its host, default headers and bearer token (the configuration's, refreshed by its hook as the
+    client does), ``body`` sent as given; the answer's body, read fully, the connection kept for the next
+    request. Non-2xx: ``ApiError`` (``Gone`` for 410); a TLS failure: ``ApiError`` with status 0 (as the
+    client's); other connection errors are the transport's own (OSError, ``WireError``, urllib3's)."""
     headers = {"Accept": JSON, "Content-Type": content_type, **api.default_headers}
     if api.cookie:
         headers["Cookie"] = api.cookie
     params = list(query or ())
     api.update_params_for_auth(headers, params, ["BearerToken"])
-    url = api.configuration.host + path
-    if params:
-        url += "?" + urlencode(params)
+    target = path + ("?" + urlencode(params) if params else "")
+    wire: WirePool | None = getattr(api, "wire", None)
     try:
-        resp = api.rest_client.pool_manager.request(method, url, body=body, headers=headers, preload_content=False,
-                                                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
-    except urllib3.exceptions.SSLError as exc:
+        if wire is not None:
+            answer = wire.request(method, target, headers, body, timeout=timeout)
+            status, reason, data, answer_headers = answer.status, answer.reason, answer.body, answer.headers
+        else:
+            status, reason, data, answer_headers = _urllib3_exchange(api, method, target, body, headers, timeout)
+    except (ssl.SSLError, urllib3.exceptions.SSLError) as exc:
         raise ApiError(0, f"{type(exc).__name__}\n{exc}") from None
+    if not 200 <= status <= 299:
+        text = data.decode("utf-8", errors="replace")
+        if status == HTTPStatus.GONE:
+            raise Gone(reason or "Gone", text, answer_headers)
+        raise ApiError(status, reason or "", text, answer_headers)
+    return data
+
+
+def _urllib3_exchange(api: Any, method: str, target: str, body: bytes | None, headers: dict[str, str],
+                      timeout: Timeout) -> tuple[int, str, bytes, dict[str, str]]:
+    resp = api.rest_client.pool_manager.request(method, api.configuration.host + target, body=body, headers=headers,
+                                                preload_content=False,
+                                                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
     try:
         data: bytes = resp.data
     finally:
         resp.release_conn()
-    if not 200 <= resp.status <= 299:
-        text = data.decode("utf-8", errors="replace")
-        headers = {str(k): str(v) for k, v in dict(resp.headers).items()}
-        if resp.status == HTTPStatus.GONE:
-            raise Gone(resp.reason or "Gone", text, headers)
-        raise ApiError(resp.status, resp.reason or "", text, headers)
-    return data
+    answer_headers = {str(k): str(v) for k, v in dict(resp.headers).items()} if not 200 <= resp.status <= 299 else {}
+    return resp.status, resp.reason or "", data, answer_headers
 
 
 def request(api: Any, method: str, path: str, body: Any = None, *, query: Query | None = None,

@@ -1,0 +1,105 @@
+"""The pod calls on ``httpwire`` against the real kube-apiserver: TLS as the kubeconfig says, kept
+connections, a connection cut in between, a CA that does not sign the server, and where urllib3 stays."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client, config
+
+from devkit.cluster import ClusterState
+from devkit.faultproxy import FaultProxy
+from kubestream.apierrors import classify_exception
+from kubestream.kubeapi import ApiError, KubeClient, PodApi, api_client, wire_pool
+
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # a bundle that does not hold the local cluster's CA
+
+
+def pod(name: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "base", "image": "busybox"}]}}
+
+
+def configuration(cluster: ClusterState, **changes: object) -> client.Configuration:
+    conf = client.Configuration()
+    config.load_kube_config(config_file=cluster.kubeconfig("admin"), client_configuration=conf)
+    conf.retries = False
+    for name, value in changes.items():
+        setattr(conf, name, value)
+    return conf
+
+
+def test_every_pod_call_goes_on_one_kept_verified_connection(cluster: ClusterState, namespace: str) -> None:
+    api = api_client(cluster.kubeconfig("admin"))
+    try:
+        assert isinstance(api, KubeClient) and api.wire is not None
+        assert api.wire.endpoint.tls is not None and api.wire.endpoint.server_hostname == "127.0.0.1"
+        pods = PodApi(api)
+        uids = {pods.create(namespace, pod(f"w{i}"))["metadata"]["uid"] for i in range(10)}
+        assert len(uids) == 10
+        pods.create_unread(namespace, pod("w-unread"))
+        listed = pods.list(namespace, limit=500)
+        assert {p["metadata"]["name"] for p in listed.items} == {f"w{i}" for i in range(10)} | {"w-unread"}
+        assert pods.get(namespace, "w3")["metadata"]["uid"] in uids
+        assert pods.get(namespace, "nope") is None
+        with pytest.raises(ApiError) as taken:
+            pods.create(namespace, pod("w1"))
+        assert (taken.value.status, taken.value.status_reason) == (409, "AlreadyExists")
+        assert pods.delete(namespace, "w1", grace_period_seconds=0) is True
+        assert pods.delete(namespace, "w1") is False
+        assert api.wire.opened == 1
+    finally:
+        api.close()
+
+
+def test_a_cut_connection_costs_the_next_call_nothing_but_a_new_connection(cluster: ClusterState,
+                                                                           namespace: str) -> None:
+    with FaultProxy("127.0.0.1", cluster.apiserver_port) as proxy:
+        api = KubeClient(configuration(cluster, host=f"https://127.0.0.1:{proxy.port}"))
+        try:
+            pods = PodApi(api)
+            pods.create(namespace, pod("cut-a"))
+            proxy.cut_all()
+            deadline = time.monotonic() + 10
+            while api.wire._idle[0].idle_and_clean():
+                assert time.monotonic() < deadline, "the cut never reached the client"
+                time.sleep(0.01)
+            assert pods.get(namespace, "cut-a") is not None
+            assert api.wire.opened == 2 and proxy.accepted == 2
+            proxy.refuse = True
+            proxy.cut_all()
+            with pytest.raises((OSError, ApiError)) as caught:  # refused in or before the TLS handshake
+                pods.get(namespace, "cut-a", timeout=(2.0, 2.0))
+            assert classify_exception(caught.value).kind == "transient"
+        finally:
+            api.close()
+
+
+def test_a_server_certificate_the_configured_ca_does_not_sign_is_refused(cluster: ClusterState) -> None:
+    api = KubeClient(configuration(cluster, ssl_ca_cert=SYSTEM_CAS))
+    try:
+        with pytest.raises(ApiError) as caught:
+            PodApi(api).get("default", "any")
+        assert caught.value.status == 0 and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+        assert classify_exception(caught.value).kind == "transient"
+    finally:
+        api.close()
+    unverified = KubeClient(configuration(cluster, ssl_ca_cert=SYSTEM_CAS, verify_ssl=False))
+    try:
+        assert PodApi(unverified).get("default", "any") is None  # verify_ssl false: as the client does
+    finally:
+        unverified.close()
+
+
+def test_urllib3_carries_what_the_wire_does_not_do(cluster: ClusterState) -> None:
+    assert wire_pool(configuration(cluster, proxy="http://127.0.0.1:3128")) is None
+    assert wire_pool(configuration(cluster, assert_hostname="kubernetes")) is None
+    assert wire_pool(configuration(cluster, host="https://127.0.0.1:1/prefix")) is None
+    bypassed = configuration(cluster, proxy="http://127.0.0.1:3128", no_proxy="127.0.0.1")
+    assert wire_pool(bypassed) is not None
+    plain = client.ApiClient(configuration(cluster))  # not a KubeClient: urllib3, as before
+    try:
+        assert PodApi(plain).get("default", "any") is None
+    finally:
+        plain.close()
