@@ -27,6 +27,7 @@ docs/benchmarks.md between its ``scale`` markers (the section is appended when m
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -96,6 +97,7 @@ class SyncProbe:
                  between: Callable[[], None] | None = None) -> Any:
         from kubestream.executor import results
 
+        gc.collect()  # as drive() does: the setup's garbage is not the first heartbeat's
         started = self.started = time.monotonic()
         first_wall, first_cpu, _ = _timed(executor.heartbeat)
         running = len(executor.running)

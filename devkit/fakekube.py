@@ -132,6 +132,9 @@ class FakePodApi:
             self._changes.clear()
 
     # -- the PodApi surface ------------------------------------------------------------------------
+    def open_connections(self, n: int) -> int:
+        return 0  # no connections to open
+
     def create_unread(self, namespace: str, pod: Pod, *, timeout: tuple[float, float] | None = None) -> None:
         self.create(namespace, pod, timeout=timeout)
 

@@ -267,6 +267,28 @@ class WirePool:
             conn.close()
         return answer
 
+    def prefill(self, n: int, *, connect_timeout: float) -> int:
+        """Open connections until ``n`` (at most ``maxsize``) are idle, all at once, and keep them; how many
+        were opened. One that cannot be opened is left out (the error is the next request's to meet)."""
+        with self._lock:
+            wanted = max(0, min(n, self.maxsize) - len(self._idle))
+        opened: list[_Conn] = []
+
+        def one() -> None:
+            try:
+                opened.append(self._open(connect_timeout))
+            except OSError:
+                pass
+
+        threads = [threading.Thread(target=one, name="wire-prefill", daemon=True) for _ in range(wanted)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for conn in opened:
+            self._give(conn)
+        return len(opened)
+
     def close(self) -> None:
         """Close the idle connections; connections in use are closed when given back."""
         with self._lock:

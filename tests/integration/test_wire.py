@@ -53,6 +53,19 @@ def test_every_pod_call_goes_on_one_kept_verified_connection(cluster: ClusterSta
         api.close()
 
 
+def test_connections_opened_ahead_carry_the_calls(cluster: ClusterState, namespace: str) -> None:
+    api = api_client(cluster.kubeconfig("admin"), pool_size=4)
+    try:
+        pods = PodApi(api)
+        assert pods.open_connections(8) == 4  # the pool's size
+        assert len(api.wire._idle) == 4
+        for i in range(6):
+            pods.create_unread(namespace, pod(f"ahead{i}"))
+        assert api.wire.opened == 4
+    finally:
+        api.close()
+
+
 def test_a_cut_connection_costs_the_next_call_nothing_but_a_new_connection(cluster: ClusterState,
                                                                            namespace: str) -> None:
     with FaultProxy("127.0.0.1", cluster.apiserver_port) as proxy:

@@ -293,3 +293,22 @@ def test_a_closed_pool_refuses_requests_and_closes_connections_given_back(peer: 
     assert pool._idle == []
     with pytest.raises(WireError, match="closed"):
         pool.request("GET", "/b", {}, timeout=TIMEOUT)
+
+
+def test_prefill_opens_connections_at_once_up_to_the_pool_size_and_requests_use_them(peer: Peer) -> None:
+    peer.script += [ok(b"x")] * 3
+    pool = pool_for(peer, maxsize=3)
+    assert pool.prefill(5, connect_timeout=5.0) == 3  # capped at the pool's size
+    assert pool.prefill(3, connect_timeout=5.0) == 0  # already there
+    assert len(pool._idle) == 3 and peer.accepted == 3
+    for _ in range(3):
+        assert pool.request("GET", "/a", {}, timeout=TIMEOUT).body == b"x"
+    assert pool.opened == 3
+
+
+def test_prefill_against_no_server_opens_nothing_and_raises_nothing() -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    pool = WirePool(Endpoint("127.0.0.1", port, f"127.0.0.1:{port}"), 4)
+    assert pool.prefill(4, connect_timeout=2.0) == 0 and pool._idle == []
