@@ -117,13 +117,30 @@ class _Conn:
         return b"".join(parts)
 
     def idle_and_clean(self) -> bool:
-        """True when nothing came while idle: a readable idle connection was closed by the server (or
-        carries bytes nobody asked for) and is not used again."""
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        """True when nothing came while idle but TLS's own records: a connection that became readable while idle
+        was closed by the server (or carries bytes nobody asked for) and is not used again. A TLS 1.3 server may
+        send its session tickets after the handshake: they make a new idle connection readable, are read here
+        (without blocking) and leave it clean."""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
         poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        return not poller.poll(0)
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        previous = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            sock.recv(1)  # application data or the end (b""): not clean either way
+        except ssl.SSLWantReadError:
+            return True  # only TLS records, now consumed
+        except OSError:
+            return False
+        finally:
+            sock.settimeout(previous)
+        return False
 
     def close(self) -> None:
         try:

@@ -1,17 +1,23 @@
 """The pod calls on ``httpwire`` against the real kube-apiserver: TLS as the kubeconfig says, kept
-connections, a connection cut in between, a CA that does not sign the server, and where urllib3 stays."""
+connections (opened ahead by a starting launcher), a connection cut in between, a CA that does not sign the
+server, and where urllib3 stays."""
 
 from __future__ import annotations
 
+import select
 import time
 
 import pytest
+import redis
 from kubernetes import client, config
 
 from devkit.cluster import ClusterState
 from devkit.faultproxy import FaultProxy
+from devkit.procs import wait_for
 from kubestream.apierrors import classify_exception
 from kubestream.kubeapi import ApiError, KubeClient, PodApi, api_client, wire_pool
+from kubestream.settings import Settings
+from kubestream.workers.launcher import Launcher
 
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # a bundle that does not hold the local cluster's CA
 
@@ -59,9 +65,26 @@ def test_connections_opened_ahead_carry_the_calls(cluster: ClusterState, namespa
         pods = PodApi(api)
         assert pods.open_connections(8) == 4  # the pool's size
         assert len(api.wire._idle) == 4
+        # a TLS 1.3 server sends its session tickets after the handshake (Go's does, to a client with a
+        # certificate): they make each idle connection readable, and must not pass for a closed connection
+        wait_for(lambda: all(select.select([c.sock], [], [], 0)[0] for c in api.wire._idle), timeout=10,
+                 what="the session tickets")
         for i in range(6):
             pods.create_unread(namespace, pod(f"ahead{i}"))
         assert api.wire.opened == 4
+    finally:
+        api.close()
+
+
+def test_a_starting_launcher_opens_its_api_connections_before_any_launch(settings: Settings, cluster: ClusterState,
+                                                                         redis_client: redis.Redis) -> None:
+    api = api_client(cluster.kubeconfig("launcher"), pool_size=settings.launch_concurrency)
+    try:
+        launcher = Launcher(settings, redis_client, api)
+        launcher.run(until_idle=True)  # nothing to launch: it returns at once
+        wait_for(lambda: len(api.wire._idle) == settings.launch_concurrency, timeout=30,
+                 what="the launcher's connections opened ahead")
+        assert api.wire.opened == settings.launch_concurrency
     finally:
         api.close()
 
