@@ -155,6 +155,10 @@ _TYPES: dict[str, type[LaunchTask] | type[RevokeTask] | type[TaskStateChanged]] 
     "launch": LaunchTask, "revoke": RevokeTask, "state": TaskStateChanged}
 
 
+_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {  # (name, init) of each message class's fields, in order
+    cls: tuple((f.name, f.init) for f in dataclasses.fields(cls)) for cls in _TYPES.values()}
+
+
 def _key_to(key: TaskKey) -> list[Any]:
     return [key.dag_id, key.task_id, key.run_id, key.try_number, key.map_index]
 
@@ -176,13 +180,13 @@ def write_version(message: Message) -> int:
 
 def encode(message: Message) -> bytes:
     data: MessageMap = {}
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
-        if f.name == "key":
+    for name, _ in _FIELDS[type(message)]:
+        value = getattr(message, name)
+        if name == "key":
             value = _key_to(value)
         elif isinstance(value, Enum):
             value = value.value
-        data[f.name] = value
+        data[name] = value
     version = write_version(message)
     if version != SCHEMA_VERSION:
         data = _DOWNGRADES[version](data)
@@ -210,13 +214,13 @@ def decode(raw: bytes) -> Message:
         raise DecodeError(f"unknown message type {data.get('type')!r}", data)
     try:
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if not f.init:
+        for name, init in _FIELDS[cls]:
+            if not init:
                 continue
-            if f.name == "key":
+            if name == "key":
                 kwargs["key"] = _key_from(data)
-            elif f.name in data:
-                kwargs[f.name] = data[f.name]
+            elif name in data:
+                kwargs[name] = data[name]
         if cls is TaskStateChanged:
             kwargs["state"] = TaskState(kwargs["state"])
         message = cls(**kwargs)
