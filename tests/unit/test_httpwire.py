@@ -131,6 +131,7 @@ def test_the_request_head_has_host_headers_and_a_length_only_with_a_body() -> No
     ("GET", "/api v1", {}),
     ("GET", "api/v1", {}),
     ("G ET", "/api", {}),
+    ("G\u00c9T", "/api", {}),
     ("GET", "/api", {"Authorization": "Bearer t\r\nX-Evil: 1"}),
     ("GET", "/api", {"X-A\nB": "1"}),
 ])
@@ -229,6 +230,7 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_an_error(peer:
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", "does not end with CRLF"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nab", "not a Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "not a Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "not a Content-Length"),  # a digit, not ASCII
     (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", "over"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_HEAD + 10) + b"\r\n\r\n", "over"),
     (b"garbage\r\n\r\n", "not an HTTP/1.x status line"),
