@@ -128,6 +128,20 @@ def test_a_server_certificate_the_configured_ca_does_not_sign_is_refused(cluster
         unverified.close()
 
 
+def test_tls_server_name_is_the_name_the_certificate_is_checked_against(cluster: ClusterState) -> None:
+    named = KubeClient(configuration(cluster, tls_server_name="kubernetes"))  # a name the apiserver's cert has
+    wrong = KubeClient(configuration(cluster, tls_server_name="wrong.example"))
+    try:
+        assert named.wire.endpoint.server_hostname == "kubernetes"
+        assert PodApi(named).get("default", "any") is None
+        with pytest.raises(ApiError, match="Hostname mismatch") as caught:
+            PodApi(wrong).get("default", "any")
+        assert caught.value.status == 0
+    finally:
+        named.close()
+        wrong.close()
+
+
 def test_urllib3_carries_what_the_wire_does_not_do(cluster: ClusterState) -> None:
     assert wire_pool(configuration(cluster, proxy="http://127.0.0.1:3128")) is None
     assert wire_pool(configuration(cluster, assert_hostname="kubernetes")) is None
