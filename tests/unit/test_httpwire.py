@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -215,10 +214,7 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_an_error(peer:
     pool = pool_for(peer)
     assert pool.request("GET", "/a", {}, timeout=TIMEOUT).body == b"1"
     peer.close_all()  # as a load balancer drops an idle connection
-    deadline = time.monotonic() + 10
-    while pool._idle[0].idle_and_clean():
-        assert time.monotonic() < deadline, "the FIN never arrived"
-        time.sleep(0.01)
+    wait_for(lambda: not pool._idle[0].idle_and_clean(), timeout=10, what="the FIN at the client")
     assert pool.request("GET", "/b", {}, timeout=TIMEOUT).body == b"2"
     assert pool.opened == 2
     wait_for(lambda: peer.accepted == 2, timeout=10, what="the peer accepting the second connection")
