@@ -613,6 +613,10 @@ class Launcher:
             self.metrics.messages.labels("revoked").inc()
             log.info("revoke handled: %s", outcome.message or "no pod of the revoked dispatch remains", extra=ctx)
 
+    def _still_denied(self, outcome: Outcome) -> Outcome:
+        """A 403 that persisted through the last delivery's retry budget: the task fails with it."""
+        return Outcome("permanent", f"{outcome.message} (still denied after {self.settings.max_deliveries} deliveries)")
+
     def _retrying(self, call: Callable[[], object], ctx: dict[str, str], deadline: float, *,
                   rate_limited: bool = False, last_delivery: bool = False,
                   status: list[str] | None = None) -> Outcome | None:
@@ -622,6 +626,7 @@ class Launcher:
         warm) and fails the task only on the ``last_delivery``, when it has persisted through them all.
         ``status[0]`` gets the HTTP status of the last API error (metrics)."""
         attempt = 0
+        denied: Outcome | None = None  # the last attempt's 403, if it was one
         while True:
             if rate_limited and not self._acquire_token(deadline):
                 if not self.stopping.is_set():
@@ -633,7 +638,9 @@ class Launcher:
                 return Outcome("created")
             except _Superseded:
                 raise
-            except _BudgetSpent:
+            except _BudgetSpent:  # the budget ran out between an attempt and the next (a busy machine)
+                if denied is not None and last_delivery and not self.stopping.is_set():
+                    return self._still_denied(denied)
                 self.metrics.messages.labels("released").inc()
                 log.warning("retry budget spent, leaving for redelivery", extra=ctx)
                 return None
@@ -651,10 +658,10 @@ class Launcher:
             backoff = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
             delay = max(outcome.retry_after or 0.0, backoff)
             attempt += 1
-            if outcome.kind == "denied" and last_delivery and not self.stopping.is_set() \
+            denied = outcome if outcome.kind == "denied" else None
+            if denied is not None and last_delivery and not self.stopping.is_set() \
                     and time.monotonic() + delay > deadline:
-                return Outcome("permanent", f"{outcome.message} (still denied after {self.settings.max_deliveries} "
-                                            "deliveries)")
+                return self._still_denied(denied)
             if self.stopping.is_set() or time.monotonic() + delay > deadline:
                 self.metrics.messages.labels("released").inc()
                 log.warning("transient API error, leaving for redelivery: %s", outcome.message, extra=ctx)
