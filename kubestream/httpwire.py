@@ -81,15 +81,22 @@ class _Conn:
             raise WireError("the server closed the connection before the end of its answer")
         self.buf += data
 
+    def until(self, separator: bytes, what: str) -> bytes:
+        """The bytes up to ``separator`` (taken off the buffer with it); ``what`` names them in the error when
+        they are over ``MAX_HEAD`` bytes."""
+        while (end := self.buf.find(separator)) < 0:
+            if len(self.buf) > MAX_HEAD:
+                break
+            self.fill()
+        if end < 0 or end > MAX_HEAD:
+            raise WireError(f"{what} is over {MAX_HEAD} bytes")
+        data = bytes(self.buf[:end])
+        del self.buf[:end + len(separator)]
+        return data
+
     def line(self) -> bytes:
         """One CRLF-terminated line, without its CRLF."""
-        while (end := self.buf.find(b"\r\n")) < 0:
-            if len(self.buf) > MAX_HEAD:
-                raise WireError(f"a line of the answer is over {MAX_HEAD} bytes")
-            self.fill()
-        data = bytes(self.buf[:end])
-        del self.buf[:end + 2]
-        return data
+        return self.until(b"\r\n", "a line of the answer")
 
     def exactly(self, n: int) -> bytes:
         if len(self.buf) < n:
@@ -222,14 +229,7 @@ def _chunked(conn: _Conn) -> bytes:
 def read_answer(conn: _Conn, method: str) -> tuple[Answer, bool]:
     """The next final answer on ``conn``, and whether the connection may carry another request."""
     while True:
-        while (end := conn.buf.find(b"\r\n\r\n")) < 0:
-            if len(conn.buf) > MAX_HEAD:
-                raise WireError(f"the answer's status line and headers are over {MAX_HEAD} bytes")
-            conn.fill()
-        if end > MAX_HEAD:
-            raise WireError(f"the answer's status line and headers are over {MAX_HEAD} bytes")
-        head = bytes(conn.buf[:end])
-        del conn.buf[:end + 4]
+        head = conn.until(b"\r\n\r\n", "the answer's status line and headers")
         status, reason, headers, lower, http10 = parse_head(head)
         if not 100 <= status <= 199:
             break
