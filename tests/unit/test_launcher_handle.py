@@ -29,7 +29,6 @@ from kubestream.messages import (
     encode,
     message_digest,
 )
-from kubestream.ratelimit import RateLimiter
 from kubestream.settings import Settings
 from kubestream.signing import Signer, new_key
 from kubestream.store import TaskStore
@@ -404,19 +403,6 @@ def test_the_rate_limiters_wait_ends_at_the_budgets_deadline(settings, redis_cli
     assert pods.calls == []
     assert pending(redis_client, keys) == 1 and launcher.settled() == []
     assert launcher.metrics.snapshot()["released_total"] == 1
-
-
-def test_rate_limiter_acquire_gives_up_at_its_deadline_without_sleeping_past_it(redis_client, keys) -> None:
-    limiter = RateLimiter(redis_client, keys.rate_limit, rate=0.001, burst=1)
-    assert limiter.acquire(deadline=time.monotonic() + 60)  # the burst's token
-    stop = threading.Event()
-    timer = threading.Timer(60, stop.set)  # a guard: without a deadline this would wait 1000 s
-    timer.start()
-    try:
-        assert limiter.acquire(stop, deadline=time.monotonic() + 30) is False
-        assert not stop.is_set()  # it returned on its own: no token before the deadline
-    finally:
-        timer.cancel()
 
 
 # -- an earlier dispatch's pod holds the name ------------------------------------------------------------
