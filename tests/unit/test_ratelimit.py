@@ -38,7 +38,7 @@ def test_waiting_threads_get_their_tokens_in_the_order_they_asked(redis_client, 
                                   name=name, daemon=True)
         thread.start()
         threads.append(thread)
-        wait_for(lambda: limiter.waiting() + len(limiter.granted) == i + 1, timeout=30, what=f"{name} in line")
+        wait_for(lambda n=i + 1: limiter.waiting() + len(limiter.granted) == n, timeout=30, what=f"{name} in line")
     for thread in threads:
         thread.join(60)
     assert limiter.granted == names
