@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 
 
 STAT = "kubestream.executor."  # prefix of the executor's own metrics (docs/operations.md)
-DISPATCH_CHUNK = 1000  # launches per MULTI/EXEC of a dispatch batch (docs/architecture.md)
+# Work on big batches goes in slices, each one's objects freed before the next is built: the objects alive at
+# once stay below what sets off Python's older-generation collections in the scheduler process, which would
+# promote them to its oldest generation and bring on a full collection of the scheduler's whole heap.
+DISPATCH_CHUNK = 250  # launches per MULTI/EXEC of a dispatch batch (docs/architecture.md)
+RESULT_SLICE = 250  # results per read, apply and acknowledgement in a sync()
 
 
 class SchedulerIdInUse(RuntimeError):
@@ -265,13 +269,27 @@ class KubeStreamExecutor(BaseExecutor):
         self.apply_results()
 
     def apply_results(self) -> int:
-        """Apply up to ``sync_batch`` waiting results without blocking; returns how many."""
+        """Apply up to ``sync_batch`` waiting results without blocking, ``RESULT_SLICE`` at a time (each
+        read, applied and acknowledged before the next); returns how many."""
         if self.redis is None or self.settings is None:
             return 0
         self._maintain()
+        applied = 0
+        while applied < self.settings.sync_batch:
+            want = min(RESULT_SLICE, self.settings.sync_batch - applied)
+            got = self._apply_slice(want)
+            applied += got
+            if got < want:  # nothing more waits
+                break
+        stats.gauge(f"{STAT}results_per_sync", applied, tags=self._stat_tags)
+        return applied
+
+    def _apply_slice(self, count: int) -> int:
+        """Read, apply and acknowledge up to ``count`` results; how many were read."""
+        assert self.redis is not None
         try:
             reply = self.redis.xreadgroup(RESULTS_GROUP, self.scheduler_id, {self.results_stream: self._cursor},
-                                          count=self.settings.sync_batch)
+                                          count=count)
         except redis.ResponseError as exc:
             if not str(exc).startswith("NOGROUP"):
                 raise
@@ -281,10 +299,11 @@ class KubeStreamExecutor(BaseExecutor):
             self.log.warning("Redis unavailable in sync(), results wait in %s: %s", self.results_stream, exc)
             return 0
         entries = [(eid, fields) for _, eid, fields in stream_entries(reply)]
-        if not entries and self._cursor == "0":
-            self._cursor = ">"  # our pending backlog is applied: read new entries from now on
-            return self.apply_results()
-        stats.gauge(f"{STAT}results_per_sync", len(entries), tags=self._stat_tags)
+        if self._cursor != ">":  # our own pending backlog (a restart): go on after what was read
+            if not entries:
+                self._cursor = ">"  # the backlog is applied: read new entries from now on
+                return self._apply_slice(count)
+            self._cursor = entries[-1][0]
         if not entries:
             return 0
         events, bad = results.decode_entries(entries, self.results_stream, self.signer)

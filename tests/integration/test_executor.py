@@ -171,3 +171,73 @@ def test_undecodable_result_is_dead_lettered_and_the_rest_applied(make_executor,
     assert dead.reason.startswith("result: not msgpack") and dead.stream == stream
     assert streams.results_pending() == 0
     assert w.ti.key not in ex._external_ids  # nothing kept for a finished task
+
+
+def _failed_results(ex, redis_client, keys, settings, work) -> None:
+    """Publish a FAILED result for each of ``work`` (dispatched by ``ex``) to ``ex``'s result stream."""
+    from kubestream.executor.launches import task_key
+    from kubestream.messages import TaskState, TaskStateChanged
+    from kubestream.signing import signer_for
+    from kubestream.store import TaskStore
+
+    store = TaskStore(redis_client, keys, settings, signer_for(settings))
+    for w in work:
+        assert store.publish(TaskStateChanged(task_key(w.ti.key), TaskState.FAILED, "boom")).published
+
+
+def _calls(redis_client, command: str) -> int:
+    return redis_client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+def _pending(redis_client, ex) -> int:
+    from kubestream.keys import RESULTS_GROUP
+
+    return int(redis_client.xpending(ex.results_stream, RESULTS_GROUP)["pending"])
+
+
+def test_a_sync_applies_up_to_sync_batch_results_a_slice_at_a_time(make_executor, redis_client, keys, settings,
+                                                                   monkeypatch) -> None:
+    """Each slice is read, applied and acknowledged before the next is read (its objects freed first); a sync
+    stops at ``sync_batch``, or at the first slice that comes back short (nothing more waits)."""
+    from kubestream.executor import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "RESULT_SLICE", 10)
+    ex = make_executor(sync_batch="25")
+    work = [workload("slices", f"t{i:02d}") for i in range(30)]
+    Driver(ex).submit(work)
+    assert ex.apply_results() == 0  # the first sync reads its own pending backlog (none here), then new results
+    _failed_results(ex, redis_client, keys, settings, work)
+    reads, acks = _calls(redis_client, "xreadgroup"), _calls(redis_client, "xack")
+    assert ex.apply_results() == 25
+    assert (_calls(redis_client, "xreadgroup") - reads, _calls(redis_client, "xack") - acks) == (3, 3)  # 10, 10, 5
+    assert _pending(redis_client, ex) == 0
+    failed = {k for k, (state, _) in ex.get_event_buffer().items() if str(getattr(state, "value", state)) == "failed"}
+    assert failed == {w.ti.key for w in work[:25]}  # in the order they were published
+    reads = _calls(redis_client, "xreadgroup")
+    assert ex.apply_results() == 5
+    assert _calls(redis_client, "xreadgroup") - reads == 1  # 5 of 10: nothing more waits
+    assert ex.apply_results() == 0 and _pending(redis_client, ex) == 0
+
+
+def test_a_restarted_scheduler_applies_its_pending_results_a_slice_at_a_time(make_executor, redis_client, keys,
+                                                                            settings, monkeypatch) -> None:
+    """Results an earlier process read and did not acknowledge (it died) are applied first, in slices that
+    go on after one another, then the new ones."""
+    from kubestream.executor import executor as executor_module
+    from kubestream.keys import RESULTS_GROUP
+
+    monkeypatch.setattr(executor_module, "RESULT_SLICE", 10)
+    first = make_executor()
+    work = [workload("backlog", f"t{i:02d}") for i in range(25)]
+    Driver(first).submit(work)
+    _failed_results(first, redis_client, keys, settings, work[:20])
+    # the earlier process read these 20 and died before it acknowledged them
+    assert len(redis_client.xreadgroup(RESULTS_GROUP, "sched-a", {first.results_stream: ">"})[0][1]) == 20
+    _failed_results(first, redis_client, keys, settings, work[20:])  # and 5 more came since
+    assert _pending(redis_client, first) == 20
+    first.terminate()
+    restarted = make_executor()
+    restarted.running.update(w.ti.key for w in work)  # what adoption would have given back
+    assert restarted.apply_results() == 25  # 10 + 10 pending, an empty read, then the 5 new ones
+    assert _pending(redis_client, restarted) == 0
+    assert {k for k in restarted.get_event_buffer()} == {w.ti.key for w in work}

@@ -48,6 +48,7 @@ def test_scale_benchmark_runs_both_phases_and_loses_nothing(tmp_path) -> None:
     assert dispatch["tasks_per_s"] > 0 and dispatch["loop_iterations"] >= 1
     assert set(dispatch["helper_cpu_ms_per_task"]) == {"noop-0", "redis-server"}
     assert dispatch["gc_ms"] >= 0
+    assert (dispatch["dispatch_chunk"], dispatch["result_slice"], dispatch["sync_batch"]) == (250, 250, 2000)
 
     assert f"| tasks final / lost | {TASKS} / 0" in proc.stdout  # the Markdown table
     assert "logs kept in" not in proc.stderr
