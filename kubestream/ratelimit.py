@@ -61,8 +61,9 @@ class RateLimiter:
                 self._turns.notify_all()
 
     def _my_turn(self, me: object, wake: threading.Event, deadline: float | None) -> bool:
-        """Wait until ``me`` is first in line: False once ``wake`` is set or ``deadline`` has passed. The
-        first in line leaves the line when it stops too, so ``wake`` is seen without polling it."""
+        """Wait until ``me`` is first in line: False once ``wake`` is set or ``deadline`` has passed. Callers
+        that share one ``wake`` (a launcher's create threads) see it set without polling: the first in line
+        sees it and leaves, which wakes the others; with different ones, when the first in line leaves."""
         with self._turns:
             while self._line[0] is not me:
                 left = None if deadline is None else deadline - time.monotonic()
