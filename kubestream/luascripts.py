@@ -123,9 +123,9 @@ class Script:
         keys, args = self._positions(variadic_keys, named)
         return self._script(keys=keys, args=args)
 
-    def queue(self, pipe: redis.client.Pipeline, /, **named: EncodableT) -> None:
+    def queue(self, pipe: redis.client.Pipeline, variadic_keys: Sequence[KeyT] = (), /, **named: EncodableT) -> None:
         """Queue a run of the script on ``pipe`` (its result comes with the pipeline's)."""
-        keys, args = self._positions((), named)
+        keys, args = self._positions(variadic_keys, named)
         self._script(keys=keys, args=args, client=pipe)
 
     def _positions(self, variadic_keys: Sequence[KeyT], named: dict[str, EncodableT]) -> \

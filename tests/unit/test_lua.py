@@ -4,6 +4,7 @@ and their behaviour against a real Redis."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -238,6 +239,23 @@ def test_adopt_rewrites_the_owner_and_returns_the_last_state(store: TaskStore) -
     assert _results(store, "s1") == [("running", "started")]
     assert _results(store, "s2") == [("succeeded", "")]
     assert store.adopt([], "s3") == []
+
+
+def test_unreported_finds_gone_and_long_final_records_across_script_calls(
+        store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kubestream.store.RECORDS_PER_READ", 2)  # 7 records: four calls, the last one short
+    tasks = [TaskKey("dag", f"t{i}", "run", 1) for i in range(6)]
+    for key in tasks:
+        _dispatch(store, key)
+    for key, state in zip(tasks, (TaskState.RUNNING, TaskState.SUCCEEDED, TaskState.FAILED), strict=False):
+        assert store.publish(_event(state, key=key)).published
+    store.redis.delete(store.keys.task(tasks[3].pod_name()))
+    pods = [k.pod_name() for k in tasks] + ["ks-never-dispatched"]
+    now = time.time()
+    assert store.unreported(pods, settled_before=now + 60) == (
+        [tasks[3].pod_name(), "ks-never-dispatched"], [tasks[1].pod_name(), tasks[2].pod_name()])
+    assert store.unreported(pods, settled_before=now - 60) == ([tasks[3].pod_name(), "ks-never-dispatched"], [])
+    assert store.unreported([], settled_before=now) == ([], [])
 
 
 @pytest.fixture
