@@ -40,6 +40,7 @@ class ScriptSource:
     source: str
     keys: tuple[str, ...]  # empty: the script takes any number of KEYS (iterates over them)
     argv: tuple[str, ...]
+    names: frozenset[str]  # every bound local: the keyword arguments a call takes
 
 
 def lua_dir() -> Traversable:
@@ -83,7 +84,8 @@ def load(name: str) -> ScriptSource:
     keys, argv = bindings(name, text.splitlines()[len(top):])
     if library and (keys or argv):
         raise ValueError(f"{name}: a library file binds no KEYS or ARGV")
-    return ScriptSource(name, "\n".join([*(load(lib).source for lib in includes), text]), keys, argv)
+    return ScriptSource(name, "\n".join([*(load(lib).source for lib in includes), text]), keys, argv,
+                        frozenset((*keys, *argv)))
 
 
 def bindings(name: str, body: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -131,9 +133,9 @@ class Script:
     def _positions(self, variadic_keys: Sequence[KeyT], named: dict[str, EncodableT]) -> \
             tuple[list[KeyT], list[EncodableT]]:
         spec = self.spec
-        missing = [n for n in (*spec.keys, *spec.argv) if n not in named]
-        unexpected = sorted(set(named) - {*spec.keys, *spec.argv})
-        if missing or unexpected:
+        if named.keys() != spec.names:
+            missing = [n for n in (*spec.keys, *spec.argv) if n not in named]
+            unexpected = sorted(set(named) - spec.names)
             raise TypeError(f"{spec.name}: missing {missing}, unexpected {unexpected}")
         if variadic_keys and spec.keys:
             raise TypeError(f"{spec.name} binds its KEYS by name: pass them as keywords")

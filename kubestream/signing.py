@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import re
 from collections.abc import Mapping
@@ -77,7 +76,7 @@ class Signer:
         return cls(next(iter(keys)), keys)
 
     def _mac(self, key: bytes, stream: str, payload: bytes) -> bytes:
-        return hmac.new(key, b"\0".join((_DOMAIN, stream.encode(), payload)), hashlib.sha256).hexdigest().encode()
+        return hmac.digest(key, b"\0".join((_DOMAIN, stream.encode(), payload)), "sha256").hex().encode()
 
     def sign(self, stream: str, payload: bytes) -> dict[FieldT, EncodableT]:
         """The stream entry's fields for ``payload`` written to ``stream``."""

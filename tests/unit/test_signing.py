@@ -31,6 +31,14 @@ def test_a_signed_entry_verifies_on_its_own_stream_only() -> None:
         signer.verify("{kubestream}:launch:gpu", fields)  # replayed to another queue's stream
 
 
+def test_the_signature_is_the_documented_hmac_sha256_so_versions_verify_each_other() -> None:
+    # HMAC-SHA256(key, "kubestream/1" NUL stream NUL payload) in hex (docs/security.md); a fixed vector:
+    # launchers of one release verify what executors of another signed
+    signer = Signer.parse("k=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")  # bytes 0..31
+    assert signer.sign(STREAM, b"payload")[SIG_FIELD] == \
+        b"699b6fe20c4a83924ac853557cda30e4df79b79396ee70b7176b5d5325f8121e"
+
+
 @pytest.mark.parametrize("tamper, reason", [
     (lambda f: {**f, FIELD: b"payload, altered"}, "bad signature"),
     (lambda f: {FIELD: f[FIELD]}, "unsigned"),
