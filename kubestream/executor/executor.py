@@ -31,7 +31,7 @@ from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, 
 from kubestream.redisconn import connect, eviction_warning
 from kubestream.settings import Settings
 from kubestream.signing import UNSIGNED_WARNING, Signer, SigningKeyError, Unsigned, signer_for
-from kubestream.store import TaskStore
+from kubestream.store import Dispatch, TaskStore
 from kubestream.taskkey import TaskKey
 from kubestream.text import StreamFields, as_text, stream_entries
 
@@ -247,10 +247,10 @@ class KubeStreamExecutor(BaseExecutor):
         if not launches:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for _, msg, raw, namespace, band in launches:
-            self.store.dispatch(pipe, msg.key, owner=self.scheduler_id, queue=msg.queue, namespace=namespace,
-                                dispatch=msg.external_executor_id, message=raw,
-                                stream=self.keys.launch(msg.queue, band))  # a priority band's stream, or the plain one
+        self.store.dispatch_many(pipe, self.scheduler_id, [
+            Dispatch(msg.key, msg.queue, namespace, msg.external_executor_id,
+                     self.keys.launch(msg.queue, band), raw)  # a priority band's stream, or the plain one
+            for _, msg, raw, namespace, band in launches])
         pipe.execute()
         for ti_key, msg, _, namespace, band in launches:
             del self.queued_tasks[ti_key]

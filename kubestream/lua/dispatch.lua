@@ -1,52 +1,42 @@
--- dispatch.lua: one task's dispatch in one call: (re)start its record for the new dispatch (the
--- state, reason and revoked mark of an earlier one removed) and append its signed launch message
--- to a launch stream. The executor queues one call per task in a dispatch batch's MULTI/EXEC.
+-- dispatch.lua: the dispatch of a batch of tasks in one call: for each, (re)start its record for the
+-- new dispatch (the state, reason and revoked mark of an earlier one removed) and append its signed
+-- launch message to a launch stream. The executor makes one call per chunk of a dispatch batch, in
+-- that chunk's MULTI/EXEC (one reply to parse per chunk instead of one per task).
 --
--- KEYS[1] task: the task hash {p}:task:<pod name>
--- KEYS[2] stream: the launch stream {p}:launch:<queue> (or a priority band's) the launch goes to
--- ARGV[1] ttl: seconds the task hash lives
--- ARGV[2] maxlen: approximate MAXLEN of the launch stream
+-- KEYS (every one, in pairs): for each task, its hash {p}:task:<pod name>, then the launch stream
+-- {p}:launch:<queue> (or a priority band's) its launch goes to
+-- ARGV[1] ttl: seconds each task hash lives
+-- ARGV[2] maxlen: approximate MAXLEN of the launch streams
 -- ARGV[3] owner: the dispatching scheduler's id
--- ARGV[4] dag_id: the task's dag_id
--- ARGV[5] task_id: the task's task_id
--- ARGV[6] run_id: the task's run_id
--- ARGV[7] try_number: the task's try number
--- ARGV[8] map_index: the task's map index
--- ARGV[9] queue: the task's queue
--- ARGV[10] namespace: the namespace its pod is launched in
--- ARGV[11] dispatch: the dispatch id ('' = none)
--- ARGV[12] digest: the launch message's digest
--- ARGV[13] updated: epoch seconds
--- ARGV[14] message: the encoded LaunchTask, XADDed as field `m`
--- ARGV[15] key_id: the signing key's id, XADDed as field `k` ('' = unsigned: no `k`, no `s`)
--- ARGV[16] sig: HMAC of the message for the launch stream, XADDed as field `s`
--- Returns the launch entry's id.
+-- ARGV[4] updated: epoch seconds
+-- ARGV[5] launches: a msgpack array with one array per KEYS pair, in order: dag_id, task_id, run_id,
+-- try_number, map_index, queue, namespace, dispatch ('' = none), digest (of the message), message (the
+-- encoded LaunchTask, XADDed as field `m`), key_id (XADDed as field `k`; '' = unsigned: no `k`, no
+-- `s`), sig (HMAC of the message for its launch stream, XADDed as field `s`); strings only
+-- Returns the launch entries' ids, in order.
 
-local task = KEYS[1]
-local stream = KEYS[2]
 local ttl = tonumber(ARGV[1])
 local maxlen = ARGV[2]
 local owner = ARGV[3]
-local dag_id = ARGV[4]
-local task_id = ARGV[5]
-local run_id = ARGV[6]
-local try_number = ARGV[7]
-local map_index = ARGV[8]
-local queue = ARGV[9]
-local namespace = ARGV[10]
-local dispatch = ARGV[11]
-local digest = ARGV[12]
-local updated = ARGV[13]
-local message = ARGV[14]
-local key_id = ARGV[15]
-local sig = ARGV[16]
+local updated = ARGV[4]
+local launches = ARGV[5]
 
-redis.call('HDEL', task, 'state', 'reason', 'revoked')
-redis.call('HSET', task, 'owner', owner, 'dag_id', dag_id, 'task_id', task_id, 'run_id', run_id,
-           'try_number', try_number, 'map_index', map_index, 'queue', queue, 'namespace', namespace,
-           'dispatch', dispatch, 'digest', digest, 'updated', updated)
-redis.call('EXPIRE', task, ttl)
-if key_id ~= '' then
-  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', message, 'k', key_id, 's', sig)
+local rows = cmsgpack.unpack(launches)
+if #KEYS ~= 2 * #rows then
+  return redis.error_reply('dispatch.lua: ' .. #KEYS .. ' keys for ' .. #rows .. ' launches')
 end
-return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', message)
+local ids = {}
+for i, r in ipairs(rows) do
+  local task, stream = unpack(KEYS, 2 * i - 1, 2 * i)
+  redis.call('HDEL', task, 'state', 'reason', 'revoked')
+  redis.call('HSET', task, 'owner', owner, 'dag_id', r[1], 'task_id', r[2], 'run_id', r[3],
+             'try_number', r[4], 'map_index', r[5], 'queue', r[6], 'namespace', r[7],
+             'dispatch', r[8], 'digest', r[9], 'updated', updated)
+  redis.call('EXPIRE', task, ttl)
+  if r[11] ~= '' then
+    ids[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', r[10], 'k', r[11], 's', r[12])
+  else
+    ids[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', r[10])
+  end
+end
+return ids

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgpack
 import pytest
 import redis
 
@@ -18,7 +19,7 @@ from kubestream.luascripts import Script
 from kubestream.messages import FIELD, TaskState, TaskStateChanged, decode, message_digest, redact
 from kubestream.settings import Settings, SettingsError
 from kubestream.signing import load_signer
-from kubestream.store import NOT_LEASE_HOLDER, LiveMember, TaskStore, failed
+from kubestream.store import NOT_LEASE_HOLDER, Dispatch, LiveMember, TaskStore, failed
 from kubestream.taskkey import TaskKey
 from kubestream.watcher.lease import Lease
 
@@ -194,6 +195,37 @@ def test_dispatch_restarts_the_record_and_appends_the_signed_launch_in_one_call(
                       message=b"plain")
     pipe.execute()
     assert redis_client.xrange(stream)[-1][1] == {FIELD: b"plain"}
+
+
+def test_dispatch_many_writes_each_launch_to_its_stream_in_one_call(redis_client: redis.Redis, keys: Keys) -> None:
+    signer = load_signer(keys=DEV_SIGNING_KEYS, keys_file="", allow_unsigned=False)
+    store = TaskStore(redis_client, keys, Settings(task_ttl_seconds=600, launch_maxlen=1000), signer)
+    tasks = [TaskKey("dag", f"t{i}", "run", 2, map_index=i - 1) for i in range(5)]
+    streams = [keys.launch("default"), keys.launch("default", 1), keys.launch("gpu")]
+    binary = bytes(range(256)) * 3  # any bytes, NUL and invalid UTF-8 among them
+    launches = [Dispatch(k, "gpu" if i == 4 else "default", f"ns{i}", f"d{i}" if i else "", streams[i % 3],
+                         binary + bytes([i])) for i, k in enumerate(tasks)]
+    pipe = redis_client.pipeline(transaction=True)
+    store.dispatch_many(pipe, "s1", launches)
+    store.dispatch_many(pipe, "s1", [])
+    assert len(pipe) == 1  # one command for the whole batch
+    [ids] = pipe.execute()
+    assert len(ids) == 5
+    for i, d in enumerate(launches):
+        record = store.record(d.key.pod_name())
+        assert {k: v for k, v in record.items() if k != "updated"} == {
+            "owner": "s1", "dag_id": "dag", "task_id": f"t{i}", "run_id": "run", "try_number": "2",
+            "map_index": str(i - 1), "queue": d.queue, "namespace": f"ns{i}", "dispatch": d.dispatch,
+            "digest": message_digest(d.message)}
+        assert 0 < redis_client.ttl(keys.task(d.key.pod_name())) <= 600
+    for n, stream in enumerate(streams):
+        got = redis_client.xrange(stream)
+        assert [eid for eid, _ in got] == [ids[i] for i in range(5) if i % 3 == n]  # in order, each to its stream
+        assert [signer.verify(stream, fields) for _, fields in got] == [d.message for d in launches[n::3]]
+    script = Script(redis_client, "dispatch.lua")
+    with pytest.raises(redis.ResponseError, match="3 keys for 1 launches"):
+        script([keys.task("x"), streams[0], keys.task("y")], ttl=1, maxlen=1, owner="s", updated="1",
+               launches=msgpack.packb([["d", "t", "r", "1", "-1", "q", "n", "", "", "m", "", ""]]))
 
 
 def test_publish_many_decides_each_event_as_publish_does_in_two_round_trips(store: TaskStore) -> None:
