@@ -206,9 +206,11 @@ def dispatch_phase(db: Any, redis_url: str, work: Path, *, tasks: int, consumers
             os.environ[name] = value
         executor = KubeStreamExecutor(parallelism=max(32, tasks))
         executor.job_id = db.job("kubestream.executor.KubeStreamExecutor")
-        executor.start()
         run = db.queued_run(f"scale-dispatch-{tag}", executor, tasks=tasks)
         _mark_tasks_written(run.run_id, DAG_ID)
+        # started after the DB setup, whose length depends on the machine: the reconciliation of running, due
+        # reconcile_seconds after start(), is then never in the window (it is periodic, not a per-task cost)
+        executor.start()
         for w in run.workloads:
             executor.queue_workload(w, session=None)
         samples = [ProcSample.of(f"noop-{i}", p.pid) for i, p in enumerate(procs)]
