@@ -20,6 +20,7 @@ Rules (docs/architecture.md, "state mapping"):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from kubestream.executor.airflowtypes import ResultSink, TaskInstanceKeyLike
 from kubestream.executor.launches import airflow_key
@@ -142,6 +143,8 @@ def report_db_states(executor: ResultSink, keys: Sequence[TaskKey]) -> None:
 
 
 def db_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
+    """The state of each key's task instance in the Airflow DB, None unless its current try is the key's
+    (one query, its rows read by position)."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -154,10 +157,13 @@ def db_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
             select(TaskInstance.dag_id, TaskInstance.task_id, TaskInstance.run_id, TaskInstance.map_index,
                    TaskInstance.try_number, TaskInstance.state).where(which)
         ).all()
-    found = {(r.dag_id, r.task_id, r.run_id, r.map_index): (r.try_number, r.state) for r in rows}
+    found: dict[tuple[str, str, str, int], tuple[int, Any]] = {
+        (dag_id, task_id, run_id, map_index): (try_number, state)
+        for dag_id, task_id, run_id, map_index, try_number, state in rows}
     out: dict[TaskKey, str | None] = {}
+    missing: tuple[None, Any] = (None, None)
     for key in keys:
-        try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), (None, None))
+        try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), missing)
         current = state and try_number == key.try_number
-        out[key] = str(state.value if hasattr(state, "value") else state) if current else None
+        out[key] = str(getattr(state, "value", state)) if current else None
     return out
