@@ -17,6 +17,8 @@ import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 from kubestream.keys import Keys
@@ -382,21 +384,23 @@ class Settings:
                 f"{_var(source, 'task_ttl_seconds')}={self.task_ttl_seconds}"
             )
         try:
-            self.queue_namespace_map()
+            self.queue_namespace_map  # noqa: B018 - parsed (and kept) here so that a bad value fails at load
         except ValueError as exc:
             raise SettingsError(f"{_var(source, 'queue_namespaces')}={self.queue_namespaces!r}: {exc}") from None
 
-    def queue_namespace_map(self) -> dict[str, str]:
+    @cached_property
+    def queue_namespace_map(self) -> Mapping[str, str]:
+        """``queue_namespaces`` parsed once (each launch reads it)."""
         result: dict[str, str] = {}
         for item in _csv(self.queue_namespaces):
             queue, sep, ns = item.partition("=")
             if not sep or not queue.strip() or not _DNS_LABEL.match(ns.strip()):
                 raise ValueError(f"expected queue=namespace pairs, got {item!r}")
             result[queue.strip()] = ns.strip()
-        return result
+        return MappingProxyType(result)
 
     def namespace_for_queue(self, queue: str) -> str:
-        return self.queue_namespace_map().get(queue, self.namespace)
+        return self.queue_namespace_map.get(queue, self.namespace)
 
     def namespace_for_launch(self, queue: str, requested: str | None) -> str:
         """The namespace of a task's pod: the one its ``pod_override`` asks for (``requested``) when that is
@@ -424,7 +428,7 @@ class Settings:
     def namespaces_to_watch(self) -> tuple[str, ...]:
         if self.watch_namespaces:
             return self.watch_namespaces
-        return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map().values(), *self.allowed_namespaces)))
+        return tuple(dict.fromkeys((self.namespace, *self.queue_namespace_map.values(), *self.allowed_namespaces)))
 
     def to_env(self, prefix: str = ENV_PREFIX) -> dict[str, str]:
         """Every setting as a variable ``<prefix><NAME>`` whose value parses back to the same setting

@@ -225,8 +225,10 @@ class KubeStreamExecutor(BaseExecutor):
         started = time.monotonic()
         launches = []
         for w in workloads:
+            ti_key = w.ti.key
             try:
-                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir, mutation=self._pod_mutation)
+                msg = launch_message(w, self.scheduler_id, self.settings.pod_template_dir, mutation=self._pod_mutation,
+                                     ti_key=ti_key)
                 try:
                     namespace = self.settings.namespace_for_launch(msg.queue, msg.requested_namespace)
                 except ValueError as exc:
@@ -235,14 +237,14 @@ class KubeStreamExecutor(BaseExecutor):
                 if len(raw) > self.settings.max_message_bytes:
                     raise ExecutorConfigError(f"the launch message is {len(raw)} bytes, over max_message_bytes="
                                               f"{self.settings.max_message_bytes} (pod_override or template too big)")
-                launches.append((w.ti.key, msg, raw, namespace, self.settings.band_for(w.ti.priority_weight or 0)))
+                launches.append((ti_key, msg, raw, namespace, self.settings.band_for(w.ti.priority_weight or 0)))
             except Exception as exc:  # noqa: BLE001 - one task's executor_config must never stop the scheduler
                 reason = f"invalid executor_config: {exc}" if isinstance(exc, ExecutorConfigError) else str(exc) \
                     if isinstance(exc, PodMutationHookError) else \
                     f"cannot build the launch message: {type(exc).__name__}: {exc}"
-                self.log.error("%s: %s", w.ti.key, reason)
-                del self.queued_tasks[w.ti.key]
-                self.fail(w.ti.key, info=reason)
+                self.log.error("%s: %s", ti_key, reason)
+                del self.queued_tasks[ti_key]
+                self.fail(ti_key, info=reason)
                 stats.incr(f"{STAT}launch_build_failures", tags=self._stat_tags)
         if not launches:
             return

@@ -71,14 +71,15 @@ def executor_config_parts(
 
 
 def launch_message(workload: WorkloadLike, scheduler_id: str, template_dir: str = "", *,
-                   mutation: PodMutation | None = None) -> LaunchTask:
+                   mutation: PodMutation | None = None, ti_key: Any = None) -> LaunchTask:
     """The LaunchTask for one ExecuteTask workload; with ``mutation`` (the deployment's pod_mutation_hook) it
-    carries the hook's changes to the task's pod as ``pod_mutation``.
+    carries the hook's changes to the task's pod as ``pod_mutation``. ``ti_key``: ``workload.ti.key`` when the
+    caller has it already (Airflow builds a new one on each read).
     Raises ExecutorConfigError (a refused namespace, an invalid pod) or PodMutationHookError (the hook raised)."""
     ti = workload.ti
     override, template = executor_config_parts(ti.executor_config, template_dir)
     msg = LaunchTask(
-        key=task_key(ti.key),
+        key=task_key(ti.key if ti_key is None else ti_key),
         queue=ti.queue or "default",
         scheduler_id=scheduler_id,
         workload_json=workload.model_dump_json(),
