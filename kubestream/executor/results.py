@@ -161,9 +161,8 @@ def db_states(keys: Sequence[TaskKey]) -> dict[TaskKey, str | None]:
         (dag_id, task_id, run_id, map_index): (try_number, state)
         for dag_id, task_id, run_id, map_index, try_number, state in rows}
     out: dict[TaskKey, str | None] = {}
-    missing: tuple[None, Any] = (None, None)
     for key in keys:
-        try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), missing)
+        try_number, state = found.get((key.dag_id, key.task_id, key.run_id, key.map_index), (None, None))
         current = state and try_number == key.try_number
         out[key] = str(getattr(state, "value", state)) if current else None
     return out
