@@ -147,6 +147,9 @@ class TaskStateChanged:
     pod_name: str = ""
     namespace: str = ""
     at: float = 0.0
+    # the dispatch (external_executor_id, or a relaunch's) of the pod the event is about; "" = not known. Older
+    # builds neither write nor read it (decode ignores fields it does not know): no schema version change
+    dispatch: str = ""
     type: str = field(default="state", init=False)
 
 
@@ -234,7 +237,7 @@ def decode(raw: bytes) -> Message:
 
 _EXPECTED = {
     "queue": str, "scheduler_id": str, "workload_json": str, "external_executor_id": str,
-    "reason": str, "pod_name": str, "namespace": str,
+    "reason": str, "pod_name": str, "namespace": str, "dispatch": str,
 }
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -286,6 +286,8 @@ class TaskStore:
             return {"base": self.keys.base, "live": self.keys.live, "state": "", "reason": "", "event": "",
                     "maxlen": 0, "ttl": 0, "now": 0, "live_pod": "", "dispatch": dispatch, "owner": "", "key_id": "",
                     "sig": ""}
+        if dispatch and not event.dispatch:  # the executor drops an event of an earlier dispatch of the try
+            event = replace(event, dispatch=dispatch)
         raw = encode(event)
         signed = self.signer.sign(self.keys.results(owner), raw) if owner else {}
         return {

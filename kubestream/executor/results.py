@@ -11,10 +11,18 @@ Rules (docs/architecture.md, "state mapping"):
   started and ``relaunch`` launches it again (``kubestream.executor.relaunch``: the task instance is
   still QUEUED in the Airflow DB, one query per sync for all such events);
   a failure already answered by a relaunch (re-read after a restart) is ignored;
+- an event naming another dispatch than the one this executor runs for that try
+  (``external_executor_id``) is ignored: the try was queued again (a deferred
+  task resumed, a sensor rescheduled) and dispatched anew before the old pod's
+  end was applied;
 - SUCCEEDED means the pod's process exited 0, which the workload does even
   when the task failed: the executor reports the state the task wrote to the
   Airflow DB (one query per sync for all such events), as the
-  KubernetesExecutor does.
+  KubernetesExecutor does. A try back in ``scheduled`` (resumed after a
+  deferral, rescheduled) is reported as such, which the scheduler ignores; one
+  back in ``queued`` reports nothing (its new dispatch owns the key); one being
+  cleared (``restarting``) is reported ``success``, on which the scheduler
+  resets it for a new run instead of handling a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 
 from kubestream.executor.airflowtypes import ResultSink, TaskInstanceKeyLike
 from kubestream.executor.launches import airflow_key
-from kubestream.executor.relaunch import Relauncher
+from kubestream.executor.relaunch import Relauncher, original_dispatch
 from kubestream.messages import DecodeError, TaskState, TaskStateChanged, decode
 from kubestream.signing import SignatureError, Signer, Unsigned
 from kubestream.taskkey import TaskKey
@@ -32,6 +40,9 @@ from kubestream.text import StreamFields
 
 FINAL_DB_STATES = {"success", "failed", "up_for_retry", "up_for_reschedule", "upstream_failed", "skipped",
                     "removed", "deferred"}
+RESCHEDULED_DB_STATE = "scheduled"  # the pod's try was put back by a trigger or a reschedule: nothing failed
+REQUEUED_DB_STATE = "queued"  # ... and queued again: a newer dispatch of the same key takes it over
+CLEARED_DB_STATE = "restarting"  # cleared while it ran: the scheduler resets it on a success
 
 
 def decode_entries(
@@ -72,6 +83,10 @@ def apply(executor: ResultSink, events: Sequence[TaskStateChanged], relauncher: 
     for event in events:
         k = event.key
         ti_key = airflow_key(k)
+        if event.dispatch and _earlier_dispatch(executor, ti_key, event.dispatch):
+            executor.log.info("ignoring %s of an earlier dispatch %s of %s (pod %s)", event.state.value,
+                              event.dispatch, event.key, event.pod_name)
+            continue
         if ti_key not in executor.running:
             if newest is None:
                 newest = _newest_tries(executor.running)
@@ -107,6 +122,13 @@ def apply(executor: ResultSink, events: Sequence[TaskStateChanged], relauncher: 
         report_db_states(executor, succeeded)
 
 
+def _earlier_dispatch(executor: ResultSink, ti_key: TaskInstanceKeyLike, dispatch: str) -> bool:
+    """Whether ``dispatch`` (a relaunch's counts as the dispatch it relaunches) is not the one this executor
+    runs for ``ti_key``, when it knows one."""
+    current = executor.external_id(ti_key)
+    return bool(current) and original_dispatch(dispatch) != current
+
+
 def relaunch_or_fail(executor: ResultSink, relauncher: Relauncher, events: Sequence[TaskStateChanged]) -> None:
     """FAILED events of tasks dispatched here and not seen running: launched again when the pod failed before
     the task process started (one Airflow DB query for them all), else reported with the earlier attempts."""
@@ -136,8 +158,12 @@ def report_db_states(executor: ResultSink, keys: Sequence[TaskKey]) -> None:
     for key in keys:
         ti_key = airflow_key(key)
         state = states.get(key)
-        if state in FINAL_DB_STATES:
+        if state in FINAL_DB_STATES or state == RESCHEDULED_DB_STATE:
             executor.change_state(ti_key, state, None)
+        elif state == REQUEUED_DB_STATE:
+            executor.log.info("pod of %s succeeded after its try was queued again: nothing to report", key)
+        elif state == CLEARED_DB_STATE:
+            executor.change_state(ti_key, "success", None)
         else:
             executor.fail(ti_key, info=f"pod succeeded but the task's state is {state or 'unknown'}")
 

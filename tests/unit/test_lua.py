@@ -169,6 +169,17 @@ def test_publish_drops_unknown_revoked_and_stale_dispatch_events(store: TaskStor
     assert store.record(POD)["state"] == "running"
 
 
+def test_a_published_event_names_the_dispatch_of_its_pod(store: TaskStore) -> None:
+    """The executor drops an event of an earlier dispatch of the same try (a resumed deferral), so each event
+    carries its pod's dispatch; published for whatever dispatch the record has, it names none."""
+    _dispatch(store, dispatch="d1")
+    assert store.publish(_event(TaskState.PENDING), dispatch="d1").published
+    assert store.publish(_event(TaskState.RUNNING)).published
+    [pending, running] = [decode(f[FIELD]) for _, f in store.redis.xrange(store.keys.results("s1"))]
+    assert isinstance(pending, TaskStateChanged) and isinstance(running, TaskStateChanged)
+    assert (pending.dispatch, running.dispatch) == ("d1", "")
+
+
 def test_dispatch_restarts_the_record_and_appends_the_signed_launch_in_one_call(
         redis_client: redis.Redis, keys: Keys) -> None:
     signer = load_signer(keys=DEV_SIGNING_KEYS, keys_file="", allow_unsigned=False)
