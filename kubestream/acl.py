@@ -67,6 +67,7 @@ def rules(component: str, prefix: str = "kubestream", scheduler_id: str = "") ->
                 "+time",  # the rate limiter's clock
                 *_keys(k.task("*"), k.dead, k.results("*"), *live, k.rate_limit),
                 "+xadd", "+hget", "+hmget", "+hset", "+expire", "+sadd", "+srem", "+pexpire",  # failed launches
+                "+hgetall",  # a task's record: the namespace of a revoke, the digest of a refused launch
                 "+scan",  # `kubestream launcher --check` finds its health key
                 _selector(_keys(k.launch("*")), ("+xreadgroup", "+xack", "+xdel", "+xpending", "+xclaim",
                                                  "+xautoclaim", "+xgroup|create", "+xgroup|createconsumer",

@@ -4,15 +4,18 @@ redis-server, and each is refused what is outside its role."""
 from __future__ import annotations
 
 import secrets
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from devkit.workloads import sim, workload
+from devkit.procs import wait_for
+from devkit.workloads import DEV_SIGNING_KEYS, pod_name, sim, workload
 from kubestream.acl import COMPONENTS, PLACEHOLDER, acl_file, rules, user_name
 from kubestream.messages import FIELD
+from kubestream.signing import new_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +57,32 @@ def test_every_component_works_under_its_acl_user(pipeline, streams, acl_users) 
     assert {finals[w.ti.key] for w in good} == {"success"}
     assert finals[failing.ti.key] == "failed" and finals[rejected.ti.key] == "failed"
     assert driver.failures(rejected.ti.key)[0].startswith("422 ")
+    assert streams.pending() == 0
+
+
+def test_a_launcher_under_its_acl_user_deletes_a_revoked_pod_and_fails_a_refused_launch(
+        pipeline, streams, acl_users, redis_client, keys) -> None:
+    """Both read the task's record (its namespace; the digest that proves a refused launch was the
+    scheduler's own). No watcher runs, so only the launcher can delete the revoked pod."""
+    pipeline.launcher(redis_url=acl_users["launcher"])
+    driver = pipeline.new_driver(redis_url=acl_users["scheduler"])
+    running = workload("acl", "revoked", executor_config=sim("run"))
+    driver.submit([running])
+    pod = pod_name(running)
+    wait_for(lambda: streams.pod_phase(pod) == "Running", timeout=90, what="the pod running")
+    driver.executor.revoke_task(ti=types.SimpleNamespace(key=running.ti.key, queue=running.ti.queue,
+                                                         external_executor_id=running.ti.external_executor_id))
+    wait_for(lambda: pod not in streams.pods(), timeout=90, what="the revoked pod deleted by the launcher")
+    # a scheduler that signs with a key the launchers do not have yet (a botched rotation; it still verifies
+    # the launchers' results): its launch is dead-lettered and its task failed, not retried for ever
+    rotated = pipeline.new_driver(redis_url=acl_users["scheduler"], signing_keys=f"next={new_key()},{DEV_SIGNING_KEYS}")
+    refused = workload("acl", "refused")
+    rotated.submit([refused])
+    finals = rotated.run_until([refused.ti.key], timeout=90)
+    assert finals[refused.ti.key] == "failed"
+    why = "signature: signed with unknown key id 'next'"
+    assert rotated.failures(refused.ti.key)[0] == f"launch message refused: {why}"
+    assert [f[b"reason"] for _, f in redis_client.xrange(keys.dead)] == [why.encode()]
     assert streams.pending() == 0
 
 
