@@ -14,7 +14,13 @@ unchanged. It is refused (``ReplayRefused``, nothing written) when:
   launch without them would start a broken pod. Airflow requeues such a task itself
   (``task_queued_timeout``), or clear the task to run it again;
 - the task record is gone, names another dispatch, is revoked or has a final state:
-  re-sending a stale dispatch could start a pod for a try that is over.
+  re-sending a stale dispatch could start a pod for a try that is over;
+- the message is not the launch the record's ``digest`` names (the one the scheduler wrote):
+  anyone who can write to Redis can add a dead letter, and replay must never sign what the
+  scheduler did not write (e.g. a pod_override with another image).
+
+The launch stream is the one the letter names, which must be a launch stream of the
+message's queue.
 """
 
 from __future__ import annotations
@@ -114,7 +120,14 @@ def replay(client: redis.Redis, keys: Keys, signer: Signer | Unsigned, letter_id
     if _redacted(message):
         raise ReplayRefused(f"dead letter {letter_id}: its workload token or env values were redacted, so the launch "
                             "cannot be rebuilt; Airflow requeues the task after task_queued_timeout (or clear it)")
-    stream = keys.launch(message.queue)
+    stream = letter.stream
+    try:
+        queue: str | None = keys.queue_of(stream)
+    except ValueError:
+        queue = None
+    if queue != message.queue:
+        raise ReplayRefused(f"dead letter {letter_id} came from {stream!r}, not a launch stream of its queue "
+                            f"{message.queue!r}; not re-sent")
     record = keys.task(message.pod_name)
     raw = encode(message)
     with client.pipeline() as pipe:
@@ -128,6 +141,9 @@ def replay(client: redis.Redis, keys: Keys, signer: Signer | Unsigned, letter_id
                if fields.get("state") in FINAL_STATES else "")
         if why:
             raise ReplayRefused(f"dead letter {letter_id} is a stale dispatch: {why}; not re-sent")
+        if fields.get("digest") != message_digest(letter.raw):
+            raise ReplayRefused(f"dead letter {letter_id} is not the launch its task record was dispatched with "
+                                "(its digest differs): only the scheduler's own launch is signed again; not re-sent")
         pipe.multi()
         pipe.xadd(stream, signer.sign(stream, raw), maxlen=launch_maxlen, approximate=True)
         pipe.hset(record, "digest", message_digest(raw))

@@ -1,4 +1,5 @@
-"""`kubestream dlq`: list, show, replay (only a current dispatch, never a redacted launch), purge; real Redis."""
+"""`kubestream dlq`: list, show, replay (only the scheduler's own launch of a current dispatch, never a redacted
+one), purge; real Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kubestream import dlq
-from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode, encode, redact
+from kubestream.messages import FIELD, LaunchTask, RevokeTask, decode, encode, message_digest, redact
 from kubestream.signing import signer_for
 from kubestream.taskkey import TaskKey
 
@@ -29,8 +30,10 @@ def _dead_letter(redis_client, keys, message: LaunchTask | RevokeTask, reason: s
 
 
 def _record(redis_client, keys, message: LaunchTask, **fields: str) -> None:
+    """The record the scheduler's dispatch of ``message`` wrote (with the digest of that launch)."""
     redis_client.hset(keys.task(message.pod_name), mapping={"owner": "sched-a", "queue": "default",
-                                                            "dispatch": message.external_executor_id, **fields})
+                                                            "dispatch": message.external_executor_id,
+                                                            "digest": message_digest(encode(message)), **fields})
 
 
 def _cli(settings, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -93,6 +96,28 @@ def test_a_stale_dispatch_is_never_re_sent(settings, redis_client, keys, record,
     with pytest.raises(dlq.ReplayRefused, match=why):
         dlq.replay(redis_client, keys, signer_for(settings), letter, launch_maxlen=1000)
     assert not redis_client.exists(keys.launch("default")) and redis_client.xlen(keys.dead) == 1
+
+
+def test_a_letter_that_is_not_the_scheduler_s_launch_is_never_signed(settings, redis_client, keys) -> None:
+    """Anyone who can write to Redis can add a dead letter: one naming a current dispatch, with no token to
+    redact, an image of its own and a plausible reason is still not the launch the record's digest names."""
+    message = _launch("t6", token=False)
+    _record(redis_client, keys, message, state="pending")
+    forged = LaunchTask(key=message.key, queue="default", scheduler_id="sched-a", workload_json='{"ti": {}}',
+                        external_executor_id=message.external_executor_id, pod_override={"spec": {"containers": [
+                            {"name": "base", "image": "attacker/evil", "command": ["sh", "-c", "steal"]}]}})
+    letter = _dead_letter(redis_client, keys, forged, reason="signature: signed with unknown key id 'k2'")
+    with pytest.raises(dlq.ReplayRefused, match="digest differs"):
+        dlq.replay(redis_client, keys, signer_for(settings), letter, launch_maxlen=1000)
+    # nor is the scheduler's own launch sent to another stream than the one it was dead-lettered from
+    genuine = _dead_letter(redis_client, keys, message)
+    redis_client.xadd(keys.dead, {"reason": "x", "stream": keys.results("sched-a"), "entry": "1-0",
+                                  "task": keys.task(message.pod_name), FIELD: encode(message)})
+    elsewhere = redis_client.xrevrange(keys.dead, count=1)[0][0].decode()
+    with pytest.raises(dlq.ReplayRefused, match="not a launch stream"):
+        dlq.replay(redis_client, keys, signer_for(settings), elsewhere, launch_maxlen=1000)
+    assert not redis_client.exists(keys.launch("default")) and redis_client.xlen(keys.dead) == 3
+    assert dlq.replay(redis_client, keys, signer_for(settings), genuine, launch_maxlen=1000)
 
 
 def test_only_launches_are_replayed(settings, redis_client, keys) -> None:
