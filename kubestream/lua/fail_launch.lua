@@ -24,6 +24,9 @@
 -- ARGV[16] key_id: the signing key's id ('' = unsigned)
 -- ARGV[17] sig: the event's signature for {p}:results:<owner>
 -- ARGV[18] live: the live set of the launcher's cluster ({p}:live or {p}:watcher:cluster:<name>:live)
+-- The state is dropped ({0, 'its pod exists: <state>'}) when the record shows the pod of that dispatch
+-- pending or running: a launch ends without a pod only on a delivery that could not see it (e.g. a
+-- redelivery to a launcher whose policy changed meanwhile), and a live task is never failed by one.
 -- Returns {1, entry id, owner} when published, {0, why} otherwise ({0, 'no task'} when
 -- state is '').
 
@@ -56,6 +59,10 @@ if dead_reason ~= '' then
              'entry', entry, 'task', task, 'm', raw)
 end
 if state == '' then return {0, 'no task'} end
+local seen = redis.call('HMGET', task, 'state', 'dispatch')
+if (seen[1] == 'pending' or seen[1] == 'running') and (dispatch == '' or seen[2] == dispatch) then
+  return {0, 'its pod exists: ' .. seen[1]}
+end
 return publish(task, base, {
   state = state, reason = reason, event = event, maxlen = maxlen, ttl = ttl, now = now,
   live = live, live_pod = live_pod, dispatch = dispatch, any_dispatch = dispatch == '',

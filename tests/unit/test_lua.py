@@ -358,6 +358,23 @@ def test_fail_launch_settles_the_entry_even_when_the_state_is_dropped(store: Tas
     assert _results(store, "s1") == []
 
 
+def test_fail_launch_never_fails_a_task_whose_pod_of_that_dispatch_was_seen(store: TaskStore, launches: str) -> None:
+    """A launcher created the pod and died before acknowledging; the redelivery went to a launcher whose pod
+    policy changed meanwhile: its refusal settles the entry but does not fail the running task."""
+    _dispatch(store, dispatch="d1")
+    for state in (TaskState.PENDING, TaskState.RUNNING):
+        assert store.publish(_event(state), dispatch="d1").published
+        entry = _delivered(store, launches)
+        result = store.fail_launch(launches, entry, failed(KEY, "pod policy: privileged", "ns"),
+                                   dead_reason="pod policy: privileged", raw=b"m", dispatch="d1")
+        assert (result.published, result.detail) == (False, f"its pod exists: {state.value}")
+        assert store.record(POD)["state"] == state.value and store.redis.xlen(launches) == 0
+    assert _results(store, "s1") == [("pending", ""), ("running", "")]
+    assert len(_dead_letters(store)) == 2 and LiveMember("ns", POD, "d1") in store.live_members()
+    _dispatch(store, dispatch="d2")  # queued again: a failed launch of d2 is published (no d2 pod was seen)
+    assert store.fail_launch(launches, _delivered(store, launches), failed(KEY, "forbidden", "ns"),
+                             dispatch="d2").published
+
 
 # -- dispatch ids, fencing, TTLs and caps ------------------------------------------------------
 
