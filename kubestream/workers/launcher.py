@@ -100,6 +100,13 @@ class _OlderPodExists(Exception):
     """409: the pod name is taken by a live pod of an earlier (revoked) dispatch of the same key."""
 
 
+class _ForeignPod(Exception):
+    """409: the pod name is taken by a pod no kubestream launch made (it names no dispatch); never ours to
+    delete, never taken for this launch's pod: the task fails with this reason."""
+
+    MESSAGE = "the pod name is held by a pod kubestream did not launch (no dispatch annotation)"
+
+
 class _PodVanished(Exception):
     """409, then no pod at all: the pod holding the name was deleted meanwhile; create again."""
 
@@ -524,14 +531,15 @@ class Launcher:
             return
         pod, dispatch = found[-1], msg.external_executor_id
         theirs = _dispatch_of(pod)
-        if pod is not None and (not dispatch or not theirs or theirs == dispatch):
+        if pod is not None and (not dispatch or theirs == dispatch):
             self._ack(entry)
             self.metrics.creates.labels("already_exists", "200").inc()
             log.info("launch past %d deliveries: its pod exists, launched", self.settings.max_deliveries, extra=ctx)
             return
         reason = f"launch gave up after {entry.deliveries - 1} deliveries"
         if pod is not None:
-            reason += f" (the pod name is held by a pod of dispatch {theirs})"
+            held = f"the pod name is held by a pod of dispatch {theirs}" if theirs else _ForeignPod.MESSAGE
+            reason += f" ({held})"
         self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, reason, namespace),
                                dead_reason=reason, raw=entry.raw, dispatch=dispatch)
         self.metrics.dead_letters.labels("gave_up").inc()
@@ -547,10 +555,11 @@ class Launcher:
         return min(REQUEST_TIMEOUT[0], seconds), min(REQUEST_TIMEOUT[1], seconds)
 
     def _create(self, namespace: str, pod: dict[str, Any], dispatch: str, deadline: float) -> None:
-        """Create the pod. A 409 is success when the pod there is this dispatch's (or carries none). A pod of
-        another dispatch: if this launch was superseded meanwhile, ``_Superseded``; if that pod finished,
-        delete it (uid precondition: never a pod that replaced it) and create this one; else
-        ``_OlderPodExists`` (retried until that pod is gone)."""
+        """Create the pod. A 409 is success when the pod there is this dispatch's; ``_ForeignPod`` when it names
+        no dispatch (anyone who may create pods there can take a predictable name). A pod of another dispatch:
+        if this launch was superseded meanwhile, ``_Superseded``; if that pod finished, delete it (uid
+        precondition: never a pod that replaced it) and create this one; else ``_OlderPodExists`` (retried
+        until that pod is gone)."""
         name = pod["metadata"]["name"]
         try:
             self.pods.create_unread(namespace, pod, timeout=self._timeout(deadline))
@@ -563,8 +572,10 @@ class Launcher:
         if existing is None:
             raise _PodVanished("the pod holding the name was deleted meanwhile") from None
         theirs = _dispatch_of(existing)
-        if not theirs or theirs == dispatch:
+        if theirs == dispatch:
             raise conflict  # this dispatch's pod: an earlier delivery created it
+        if not theirs:
+            raise _ForeignPod(_ForeignPod.MESSAGE)
         current = self.redis.hget(self.keys.task(name), "dispatch")
         if current is not None and as_text(current) != dispatch:
             raise _Superseded(f"dispatch {as_text(current)} superseded it")
@@ -646,6 +657,8 @@ class Launcher:
                 return None
             except (_OlderPodExists, _PodVanished) as exc:
                 outcome = Outcome("transient", str(exc))
+            except _ForeignPod as exc:
+                outcome = Outcome("permanent", str(exc))
             except Exception as exc:  # classified below; unknown errors are transient (bounded by max_deliveries)
                 outcome = classify_exception(exc)
                 if status is not None:

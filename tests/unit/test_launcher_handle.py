@@ -149,6 +149,21 @@ def test_a_redelivered_launch_meets_409_and_counts_as_success(launcher, pods, re
     assert launcher.metrics.snapshot()["already_exists_total"] == 1
 
 
+def test_a_pod_kubestream_did_not_launch_holding_the_name_fails_the_task_and_is_left_alone(
+        launcher, pods, redis_client, settings, keys) -> None:
+    """Pod names are predictable: whoever may create pods in the namespace can take a future task's name with
+    a pod of their own. It is neither taken for the task's pod (which would leave the task queued with no pod
+    the watcher sees) nor deleted."""
+    pods.add(NS, {"metadata": {"name": POD}, "spec": {"containers": [{"name": "x", "image": "squatter"}]}})
+    dispatch(redis_client, settings, dispatch_id="d1")
+    handle_all(launcher)
+    (event,) = results(redis_client, keys)
+    assert event.state is TaskState.FAILED
+    assert event.reason == "the pod name is held by a pod kubestream did not launch (no dispatch annotation)"
+    assert pods.calls_of("delete") == [] and pods.pod(NS, POD)["spec"]["containers"][0]["image"] == "squatter"
+    assert pending(redis_client, keys) == 0 and launcher.metrics.snapshot().get("already_exists_total", 0) == 0
+
+
 def test_a_pod_of_an_earlier_dispatch_is_retried_then_left_for_redelivery(launcher, pods, redis_client, settings,
                                                                           keys) -> None:
     pods.add(NS, pod_of(KEY, "d0"))  # a revoked dispatch's pod, still terminating
@@ -322,16 +337,17 @@ def test_a_launch_past_max_deliveries_whose_pod_exists_is_acknowledged_not_faile
     assert launcher.metrics.snapshot()["already_exists_total"] == 1
 
 
-@pytest.mark.parametrize("holder", [None, "d0"])
+@pytest.mark.parametrize("holder", [None, "d0", ""])
 def test_a_launch_past_max_deliveries_without_its_pod_is_failed_and_dead_lettered(launcher, pods, redis_client,
                                                                                   settings, keys, holder) -> None:
-    if holder:  # the name is held by another dispatch's pod: still no pod of this one
+    if holder is not None:  # the name is held by another dispatch's pod, or by one naming none: not this one's
         pods.add(NS, pod_of(KEY, holder))
     dispatch(redis_client, settings, dispatch_id="d1")
     handle_entries(launcher, read_delivered(launcher, redis_client, keys, settings.max_deliveries + 1))
     (event,) = results(redis_client, keys)
     assert event.state is TaskState.FAILED and event.reason.startswith("launch gave up after 5 deliveries")
     assert ("held by a pod of dispatch d0" in event.reason) == bool(holder)
+    assert ("held by a pod kubestream did not launch" in event.reason) == (holder == "")
     assert redis_client.xlen(keys.dead) == 1 and pending(redis_client, keys) == 0
     assert pods.calls_of("create") == []
 
