@@ -202,6 +202,21 @@ class KubeStreamExecutor(BaseExecutor):
         assert self.settings is not None
         return PodMutation.for_airflow(self.settings)
 
+    def queue_workload(self, workload: Any, session: Any) -> None:
+        """As BaseExecutor's, except for an executor callback (``ExecuteCallback``: e.g. a DeadlineAlert's
+        ``SyncCallback``), which the scheduler hands to the default executor whatever it supports, and on which
+        BaseExecutor raises, stopping the scheduler at each start while the callback stays pending: it is
+        reported failed, with the reason, and the scheduler goes on."""
+        from airflow.executors.workloads import ExecuteCallback
+
+        if isinstance(workload, ExecuteCallback) and not self.supports_callbacks:
+            reason = (f"{type(self).__name__} does not run executor callbacks (ExecuteCallback "
+                      f"{workload.display_name}); run them with an executor that does")
+            self.log.error("callback %s failed: %s", workload.key, reason)
+            self.event_buffer[workload.key] = (workload.failure_state, reason)
+            return
+        super().queue_workload(workload, session)
+
     def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
         from airflow.executors.workloads import ExecuteTask
 
