@@ -419,6 +419,12 @@ class Settings:
                 return band
         return None
 
+    def revoke_stream(self, keys: Keys, queue: str) -> str:
+        """The stream a revoke of ``queue``'s task goes to: the highest band's, which launchers read first,
+        when there are bands (on the plain stream it waited for every band to run dry: a relaunch waiting for
+        its failed pod's delete then gave up behind a banded backlog), else the queue's."""
+        return keys.launch(queue, 0 if self.priority_bands else None)
+
     def launch_streams(self, keys: Keys, queues: Sequence[str]) -> list[str]:
         """The launch streams of ``queues`` in the order launchers read them: every queue's highest
         band first, every queue's plain stream last."""

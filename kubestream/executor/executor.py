@@ -482,7 +482,7 @@ class KubeStreamExecutor(BaseExecutor):
         try:
             pipe = self.redis.pipeline(transaction=True)  # the flag and the command, both or neither
             self.store.revoke([key.pod_name()], pipe)
-            stream = self.keys.launch(queue)
+            stream = self.settings.revoke_stream(self.keys, queue) if self.settings else self.keys.launch(queue)
             pipe.xadd(stream, self.signer.sign(stream, encode(revoke)),
                       maxlen=self.settings.launch_maxlen if self.settings else None, approximate=True)
             pipe.execute()

@@ -208,8 +208,8 @@ class Relauncher:
         revoke = RevokeTask(key=old.key, queue=old.queue, external_executor_id=old.external_executor_id,
                             reason=f"pod failed before the task started ({event.reason[:200]}): launched again")
         pipe = self.redis.pipeline(transaction=True)
-        plain = self.keys.launch(old.queue)
-        pipe.xadd(plain, self.signer.sign(plain, encode(revoke)), maxlen=self.settings.launch_maxlen,
+        revokes = self.settings.revoke_stream(self.keys, old.queue)
+        pipe.xadd(revokes, self.signer.sign(revokes, encode(revoke)), maxlen=self.settings.launch_maxlen,
                   approximate=True)
         self.store.dispatch(pipe, new.key, owner=old.scheduler_id, queue=old.queue, namespace=launch.namespace,
                             dispatch=new.external_executor_id, message=raw,

@@ -13,7 +13,7 @@ from devkit.procs import wait_for
 from devkit.scheduler import Driver, start_executor
 from devkit.workloads import pod_name, sim, workload
 from kubestream.keys import LAUNCH_GROUP, RESULTS_GROUP
-from kubestream.messages import FIELD, TaskState, TaskStateChanged
+from kubestream.messages import FIELD, RevokeTask, TaskState, TaskStateChanged, decode
 from kubestream.redisconn import eviction_warning
 from kubestream.signing import signer_for
 from kubestream.store import TaskStore
@@ -119,7 +119,10 @@ def test_revoke_writes_the_flag_and_the_command_in_one_transaction(make_executor
     ex.revoke_task(ti=_ti(w))
     assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == before + 1
     assert redis_client.hget(keys.task(pod_name(w)), "revoked") == b"1"
-    assert redis_client.xlen(keys.launch("default")) == 2  # the launch and the RevokeTask
+    assert redis_client.xlen(keys.launch("default")) == 1  # the launch (priority_weight 1: no band)
+    # the RevokeTask, in the highest band, which launchers read first: on the plain stream it waited for
+    # every band to run dry
+    assert [type(decode(f[FIELD])) for _, f in redis_client.xrange(keys.launch("default", 0))] == [RevokeTask]
 
 
 def test_a_launcher_never_reclaims_the_entries_it_holds(redis_client, keys) -> None:

@@ -248,7 +248,8 @@ def test_relaunch_writes_revoke_record_and_launch_and_old_pod_events_are_stale(r
     from kubestream.store import TaskStore
 
     settings = Settings.from_mapping({"redis_url": redis_server.url, "key_prefix": key_prefix,
-                                      "pod_launch_failure_retries": "2", "allow_unsigned": "true"})
+                                      "pod_launch_failure_retries": "2", "allow_unsigned": "true",
+                                      "priority_bands": "100,10"})
     store = TaskStore(redis_client, keys, settings)
     counted: list[str] = []
     rl = Relauncher(redis_client, store, keys, settings, Unsigned(), logging.getLogger("test.relaunch"),
@@ -259,13 +260,16 @@ def test_relaunch_writes_revoke_record_and_launch_and_old_pod_events_are_stale(r
     store.record_dispatch(pipe, k, owner="sched", queue="default", namespace="ns", dispatch="ext")
     pipe.execute()
     ti_key = airflow_key(k)
-    rl.remember(ti_key, msg, "ns", 0)
+    rl.remember(ti_key, msg, "ns", 1)
     event = failed("flaky")
     assert store.publish(event, dispatch="ext").published
 
     assert rl.relaunch(ti_key, event) and counted == ["ErrImagePull"]
-    revoke, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default"))]
-    launch, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default", 0))]  # the task's band
+    # the revoke in the highest band, read first: behind a banded backlog the new launch would wait for the
+    # failed pod's delete until it gave up
+    revoke, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default", 0))]
+    launch, = [decode(f[b"m"]) for _, f in redis_client.xrange(keys.launch("default", 1))]  # the task's band
+    assert redis_client.xlen(keys.launch("default")) == 0
     assert isinstance(revoke, RevokeTask) and revoke.external_executor_id == "ext"
     assert isinstance(launch, LaunchTask) and launch.external_executor_id == "ext+relaunch-1"
     assert launch.key == k and launch.workload_json == "{}"
