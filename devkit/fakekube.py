@@ -253,6 +253,10 @@ class FakeWatch:
     def interrupted(self) -> bool:
         return self._interrupted.is_set()
 
+    @property
+    def opened(self) -> bool:
+        return True  # a refused watch raised from FakePodApi.watch
+
     def interrupt(self) -> None:
         self._interrupted.set()
 

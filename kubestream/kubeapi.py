@@ -436,10 +436,16 @@ class PodWatch:
         self._lock = threading.Lock()
         self._resp: Any = None
         self._interrupted = threading.Event()
+        self._opened = False
 
     @property
     def interrupted(self) -> bool:
         return self._interrupted.is_set()
+
+    @property
+    def opened(self) -> bool:
+        """Whether the server answered the request (its events stream, or are about to)."""
+        return self._opened
 
     def interrupt(self) -> None:
         """End the iteration, now or as soon as the request is sent (any thread)."""
@@ -453,6 +459,7 @@ class PodWatch:
         if self._interrupted.is_set():
             return
         resp = _send(self._call)
+        self._opened = True
         with self._lock:
             self._resp = resp
         if self._interrupted.is_set():  # interrupted while the request was on its way

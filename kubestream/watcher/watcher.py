@@ -209,7 +209,8 @@ class Watcher:
         try:
             self._check_data_epoch()
             epoch = self.lease.acquire_or_renew()
-            self.heartbeat.progress()  # health follows this loop, not the heartbeat thread
+            if not self._stuck_namespaces():  # health follows this loop and the watches, not the heartbeat thread
+                self.heartbeat.progress()
         except redis.RedisError as exc:
             log.warning("lease check failed: %s", exc)
             epoch = 0
@@ -250,6 +251,19 @@ class Watcher:
             w.interrupt()
         for t in threads:
             t.join(timeout=self.settings.watch_timeout_seconds + 15)
+
+    def _stuck_namespaces(self) -> list[str]:
+        """The namespaces of the current term whose list or watch has been refused or unreachable for longer
+        than ``health_ttl_seconds``: while there is one, the main loop counts as making no progress, so the
+        health key expires (``--check``, ``/healthz``) instead of staying green while nothing is published."""
+        term = self._term
+        if term is None or not term.active:
+            return []
+        stuck = [w.ns for w in self._watches if w.stuck_for() > self.settings.health_ttl_seconds]
+        if stuck:
+            log.warning("no list or watch answered for over %.0fs in namespace(s) %s: reporting unhealthy",
+                        self.settings.health_ttl_seconds, ",".join(stuck))
+        return stuck
 
     def _give_up_lease(self) -> None:
         self.metrics.lease_holder.set(0)
@@ -418,6 +432,7 @@ class NamespaceWatch:
         self._warm = warm  # the standby's warm list, until the first relist or the first event
         self.rv_key = watcher.keys.resource_version(namespace)
         self._last_checkpoint = 0.0
+        self._last_answered = time.monotonic()  # the last list or watch the API answered (stuck_for)
         self._watch: PodWatch | None = None
         self._relist = threading.Event()
 
@@ -452,6 +467,14 @@ class NamespaceWatch:
         if warm is not None:
             warm.stop()
 
+    def stuck_for(self) -> float:
+        """Seconds this namespace has gone without a list or watch the API answered (0 while a watch is
+        open): a watch refused for ever (403 after an RBAC change, a CA no longer trusted) publishes nothing."""
+        watch = self._watch
+        if watch is not None and watch.opened:
+            return 0.0
+        return time.monotonic() - self._last_answered
+
     def _run(self) -> None:
         rv: str | None = None  # None: the checkpoint is not read yet
         failures = stubborn = 0
@@ -464,10 +487,12 @@ class NamespaceWatch:
                     rv = as_text(self.w.redis.get(self.rv_key))
                 if not rv:
                     rv = self.relist()
+                    self._last_answered = time.monotonic()
                 rv = self.watch(rv)
                 failures = stubborn = 0
                 self.w.metrics.watch_restarts.inc()
             except Gone:
+                self._last_answered = time.monotonic()
                 log.info("resourceVersion %s expired (410): relisting", rv, extra={"namespace": self.ns})
                 self.w.metrics.watch_expired.inc()
                 self.w.metrics.watch_restarts.inc()
@@ -550,6 +575,8 @@ class NamespaceWatch:
                 self.checkpoint(rv, force=etype == "BOOKMARK")
         finally:
             self._watch = None
+            if watch.opened:
+                self._last_answered = time.monotonic()
         self.checkpoint(rv, force=True)  # every event up to rv is published
         return rv
 

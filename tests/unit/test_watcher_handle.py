@@ -377,6 +377,38 @@ def test_transient_api_errors_are_retried_for_as_long_as_they_last(settings, pod
     assert run.error is None and errors(watcher) == GIVE_UP_AFTER + 1
 
 
+def test_a_leader_whose_watch_is_refused_for_ever_reports_unhealthy_until_the_api_answers_again(
+        settings, pods, redis_client, keys) -> None:
+    """A 403 after an RBAC change (or a CA no longer trusted) is retried for as long as it lasts, while the
+    lease is kept: the health key must not stay green while nothing is published."""
+    quick = Settings.from_mapping({**settings.to_env(""), "health_ttl_seconds": "2", "lease_seconds": "1"},
+                                  source="")
+    forbidden = api_error(403, 'pods is forbidden: User "system:serviceaccount:ks:watcher" cannot list resource '
+                               '"pods" in the namespace "tasks"', reason="Forbidden")
+    allowed = threading.Event()  # refused until the test allows it (an RBAC fix)
+
+    def refuse() -> None:
+        if not allowed.is_set():
+            raise forbidden
+
+    for _ in range(1000):
+        pods.on_next("list", refuse)
+    dispatch(redis_client, settings)
+    launched(pods)
+    watcher = Watcher(quick, redis_client, None, name="w", pods=pods)
+    with Running(watcher) as run:
+        wait_for(lambda: errors(watcher) >= 3 and not watcher.heartbeat.healthy(), timeout=30,
+                 what="the leader reported unhealthy while its list is refused")
+        wait_for(lambda: not redis_client.exists(keys.health("watcher", "w")), timeout=30,
+                 what="its health key expired (--check fails)")
+        assert watcher.leading and results(redis_client, keys) == []
+        allowed.set()
+        wait_for(lambda: results(redis_client, keys) == [(KEY, TaskState.PENDING, "")], timeout=60,
+                 what="the namespace listed once the API answers")
+        wait_for(watcher.heartbeat.healthy, timeout=30, what="healthy again")
+    assert run.error is None
+
+
 # -- 4. fencing ---------------------------------------------------------------------------------
 
 
