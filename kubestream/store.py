@@ -193,26 +193,27 @@ class TaskStore:
         return missing, final
 
     # -- launcher / watcher side -------------------------------------------------------
-    def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[str]:
-        """For each (pod name, dispatch): '' if the launch may go ahead, else why not, from its task record
-        (one HMGET each, one round trip for the batch): 'stale dispatch' when the record names another
-        dispatch, 'revoked', or 'already <state>' when it holds a final state of this dispatch (a
-        reclaimed launch whose pod ran, finished and was deleted: creating it again would run the task
-        twice)."""
+    def launch_verdicts(self, launches: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """For each (pod name, dispatch): (verdict, the record's namespace or ''), from its task record (one
+        HMGET each, one round trip for the batch). The verdict is '' if the launch may go ahead, else why
+        not: 'stale dispatch' when the record names another dispatch, 'revoked', or 'already <state>' when
+        it holds a final state of this dispatch (a reclaimed launch whose pod ran, finished and was
+        deleted: creating it again would run the task twice)."""
         if not launches:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for pod_name, _ in launches:
-            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch", "state")
+            pipe.hmget(self.keys.task(pod_name), "revoked", "dispatch", "state", "namespace")
         out = []
-        for (_, dispatch), (revoked, current, state) in zip(launches, pipe.execute(), strict=True):
+        for (_, dispatch), (revoked, current, state, namespace) in zip(launches, pipe.execute(), strict=True):
             state = as_text(state) if state is not None else ""
             if dispatch and current and as_text(current) != dispatch:
-                out.append("stale dispatch")
+                verdict = "stale dispatch"
             elif revoked is not None and as_text(revoked) == "1":
-                out.append("revoked")
+                verdict = "revoked"
             else:  # this dispatch's record (or one naming none)
-                out.append(f"already {state}" if state in FINAL_STATES else "")
+                verdict = f"already {state}" if state in FINAL_STATES else ""
+            out.append((verdict, as_text(namespace) if namespace is not None else ""))
         return out
 
     def publish(self, event: TaskStateChanged, dispatch: str | None = None, *,

@@ -92,6 +92,7 @@ class Work:
     message: Message | None
     error: DecodeError | None = None
     verdict: str = ""
+    namespace: str = ""  # the task record's: where the scheduler expects the pod ('' = not recorded)
     refused: str = ""  # why the entry is not trusted (signature, size): dead-lettered, never acted on
     pod_name: str = ""  # the message's, worked out once (a hash of its key)
 
@@ -364,8 +365,8 @@ class Launcher:
         launches = [w for w in works if isinstance(w.message, LaunchTask)]
         verdicts = self.store.launch_verdicts([(w.pod_name, w.message.external_executor_id) for w in launches
                                    if isinstance(w.message, LaunchTask)])
-        for work, verdict in zip(launches, verdicts, strict=True):
-            work.verdict = verdict
+        for work, (verdict, namespace) in zip(launches, verdicts, strict=True):
+            work.verdict, work.namespace = verdict, namespace
         return works
 
     # -- handling ----------------------------------------------------------------------------
@@ -420,7 +421,7 @@ class Launcher:
             return
         ctx.update(task=str(message.key), pod=work.pod_name or message.key.pod_name())
         if isinstance(message, LaunchTask):
-            self._launch(message, entry, ctx, work.verdict, deadline, work.pod_name)
+            self._launch(message, entry, ctx, work.verdict, deadline, work.pod_name, work.namespace)
         elif isinstance(message, RevokeTask):
             if entry.deliveries > self.settings.max_deliveries:
                 reason = f"revoke gave up after {entry.deliveries - 1} deliveries"
@@ -436,7 +437,7 @@ class Launcher:
             self.metrics.dead_letters.labels("unexpected_message").inc()
 
     def _launch(self, msg: LaunchTask, entry: Entry, ctx: dict[str, str], verdict: str, deadline: float,
-                pod_name: str = "") -> None:
+                pod_name: str = "", expected_namespace: str = "") -> None:
         if verdict:
             self._ack(entry)
             self.metrics.messages.labels("skipped").inc()
@@ -485,6 +486,16 @@ class Launcher:
             log.error("pod refused by pod_policy: %s", exc, extra=ctx)
             return
         namespace = pod["metadata"].get("namespace") or namespace
+        if expected_namespace and namespace != expected_namespace:
+            # the watcher publishes only what a pod in the record's namespace says (a look-alike pod elsewhere
+            # must not speak for the task): a pod created here would never be heard of
+            reason = (f"this launcher would create the pod in namespace {namespace!r} but the scheduler recorded "
+                      f"{expected_namespace!r}: their namespace, queue_namespaces or allowed_namespaces differ")
+            self.store.fail_launch(entry.stream, entry.entry_id, failed(msg.key, reason),
+                                   dispatch=msg.external_executor_id)
+            self.metrics.messages.labels("namespace_refused").inc()
+            log.error("launch refused: %s", reason, extra=ctx)
+            return
         if msg.external_executor_id:
             pod["metadata"]["annotations"][DISPATCH_ANNOTATION] = msg.external_executor_id
         if entry.deliveries > self.settings.max_deliveries:

@@ -175,6 +175,23 @@ def test_a_pod_of_an_earlier_dispatch_is_retried_then_left_for_redelivery(launch
     assert results(redis_client, keys) == []
 
 
+def test_a_launch_this_launcher_would_put_in_another_namespace_than_the_records_fails_with_the_reason(
+        launcher, pods, redis_client, settings, keys) -> None:
+    """The watcher hears only a pod in the namespace the scheduler recorded: a pod created elsewhere (the
+    launchers' namespace settings differ from the scheduler's) would leave the task running for ever."""
+    store = TaskStore(redis_client, keys, settings)
+    pipe = redis_client.pipeline(transaction=True)
+    store.record_dispatch(pipe, KEY, owner=OWNER, queue="default", namespace="elsewhere", dispatch="d1")
+    pipe.execute()
+    send(redis_client, settings, LaunchTask(KEY, "default", OWNER, "{}", "d1"))
+    handle_all(launcher)
+    (event,) = results(redis_client, keys)
+    assert event.state is TaskState.FAILED and event.reason == (
+        f"this launcher would create the pod in namespace {NS!r} but the scheduler recorded 'elsewhere': "
+        "their namespace, queue_namespaces or allowed_namespaces differ")
+    assert pods.calls_of("create") == [] and pending(redis_client, keys) == 0
+
+
 def test_a_422_fails_the_task_with_the_apis_message(launcher, pods, redis_client, settings, keys) -> None:
     message = f'Pod "{POD}" is invalid: spec.containers[0].name: Invalid value: "Bad_Name!"'
     pods.fail_next("create", api_error(422, message))

@@ -267,6 +267,23 @@ def test_a_pod_whose_name_is_not_its_tasks_pod_name_is_ignored_with_a_warning(wa
     assert watcher.metrics.snapshot()["foreign_pods_total"] == 2
 
 
+def test_a_look_alike_pod_in_another_namespace_never_speaks_for_the_task(watcher, pods, redis_client, settings,
+                                                                         keys) -> None:
+    """Whoever may create pods in another namespace the watcher serves can copy the task pod's name, labels
+    and annotations (its dispatch included, which the real pod shows): the record names the namespace the
+    scheduler chose, and only a pod there speaks for the task."""
+    dispatch(redis_client, settings)
+    real = launched(pods)
+    look_alike = pods.add("other", {"metadata": {**real["metadata"], "namespace": "other"}, "spec": real["spec"]})
+    pods.set_phase("other", POD, "Failed", **exit_code(1))
+    watcher.handle(pods.pod("other", POD), "MODIFIED")
+    assert results(redis_client, keys) == [] and "state" not in redis_client.hgetall(keys.task(POD))
+    assert look_alike["metadata"]["annotations"][DISPATCH_ANNOTATION] == "d1"
+    pods.set_phase(NS, POD, "Running")
+    watcher.handle(pods.pod(NS, POD), "MODIFIED")
+    assert results(redis_client, keys) == [(KEY, TaskState.RUNNING, "")]
+
+
 def test_a_pod_without_a_dispatch_annotation_never_speaks_for_a_dispatched_task(watcher, pods, redis_client,
                                                                                 settings, keys) -> None:
     dispatch(redis_client, settings, dispatch_id="d2")
