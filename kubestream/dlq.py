@@ -147,6 +147,7 @@ def replay(client: redis.Redis, keys: Keys, signer: Signer | Unsigned, letter_id
         pipe.multi()
         pipe.xadd(stream, signer.sign(stream, raw), maxlen=launch_maxlen, approximate=True)
         pipe.hset(record, "digest", message_digest(raw))
+        pipe.hdel(record, "entry")  # the new entry's id is not known inside the transaction: the digest decides
         pipe.xdel(keys.dead, letter_id)
         try:
             new_id = pipe.execute()[0]

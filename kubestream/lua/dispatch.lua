@@ -13,6 +13,8 @@
 -- try_number, map_index, queue, namespace, dispatch ('' = none), digest (of the message), message (the
 -- encoded LaunchTask, XADDed as field `m`), key_id (XADDed as field `k`; '' = unsigned: no `k`, no
 -- `s`), sig (HMAC of the message for its launch stream, XADDed as field `s`); strings only
+-- The record keeps its launch entry's id (`entry`): a launcher fails the task of a refused entry only
+-- when it is this one (a copy of the message, e.g. without its signature, fails nothing).
 -- Returns the launch entries' ids, in order.
 
 local ttl = tonumber(ARGV[1])
@@ -28,15 +30,15 @@ end
 local ids = {}
 for i, r in ipairs(rows) do
   local task, stream = unpack(KEYS, 2 * i - 1, 2 * i)
-  redis.call('HDEL', task, 'state', 'reason', 'revoked')
-  redis.call('HSET', task, 'owner', owner, 'dag_id', r[1], 'task_id', r[2], 'run_id', r[3],
-             'try_number', r[4], 'map_index', r[5], 'queue', r[6], 'namespace', r[7],
-             'dispatch', r[8], 'digest', r[9], 'updated', updated)
-  redis.call('EXPIRE', task, ttl)
   if r[11] ~= '' then
     ids[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', r[10], 'k', r[11], 's', r[12])
   else
     ids[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'm', r[10])
   end
+  redis.call('HDEL', task, 'state', 'reason', 'revoked')
+  redis.call('HSET', task, 'owner', owner, 'dag_id', r[1], 'task_id', r[2], 'run_id', r[3],
+             'try_number', r[4], 'map_index', r[5], 'queue', r[6], 'namespace', r[7],
+             'dispatch', r[8], 'digest', r[9], 'entry', ids[i], 'updated', updated)
+  redis.call('EXPIRE', task, ttl)
 end
 return ids

@@ -379,9 +379,9 @@ class Launcher:
 
     def _refuse(self, work: Work, ctx: dict[str, str]) -> None:
         """An entry that cannot be trusted is dead-lettered (secrets redacted) and never acted on. Its task is
-        failed only when its record proves the message was the executor's own (the record keeps the digest
-        of the launch it wrote: e.g. the scheduler signs with a key the launchers do not have); a forgery
-        fails nothing."""
+        failed only when its record proves the entry is the executor's own (the record keeps the digest of
+        the launch it wrote and the id of its entry: e.g. the scheduler signs with a key the launchers do not
+        have); a forgery, or a copy of the message under another entry id, fails nothing."""
         entry = work.entry
         event, dispatch = None, ""
         try:
@@ -390,7 +390,9 @@ class Launcher:
             message = None
         if isinstance(message, LaunchTask | RevokeTask):
             record = self.store.record(message.pod_name)
-            if record.get("digest") and record.get("digest") == message_digest(entry.raw):
+            ours = record.get("digest") == message_digest(entry.raw)
+            # a record written before records kept their entry id has none: its digest decides
+            if ours and record.get("entry", entry.entry_id) == entry.entry_id:
                 event = failed(message.key, f"launch message refused: {work.refused}")
                 dispatch = message.external_executor_id
         self.store.fail_launch(entry.stream, entry.entry_id, event, dead_reason=work.refused, raw=entry.raw,

@@ -69,10 +69,12 @@ def test_a_launch_with_a_redacted_token_is_refused_and_airflow_requeues_it(setti
 
 def test_a_current_dispatch_is_re_sent_signed_and_its_dead_letter_removed(settings, redis_client, keys) -> None:
     message = _launch("t3", token=False)
-    _record(redis_client, keys, message, state="pending")
+    _record(redis_client, keys, message, state="pending", entry="1-0")
     letter = _dead_letter(redis_client, keys, message)
     out = _cli(settings, "replay", letter)
     assert out.returncode == 0, out.stderr
+    # the record named the dead entry: the new entry's id is unknown inside the transaction, the digest decides
+    assert not redis_client.hexists(keys.task(message.pod_name), "entry")
     stream = keys.launch("default")
     ((entry_id, fields),) = redis_client.xrange(stream)
     assert entry_id.decode() == out.stdout.strip()

@@ -30,7 +30,7 @@ from kubestream.messages import (
     message_digest,
 )
 from kubestream.settings import Settings
-from kubestream.signing import Signer, new_key
+from kubestream.signing import Signer, new_key, signer_for
 from kubestream.store import TaskStore
 from kubestream.taskkey import DISPATCH_ANNOTATION, PREFIX_ANNOTATION, TaskKey, key_from_annotations, task_annotations
 from kubestream.workers.consumer import Entry, StreamConsumer
@@ -606,6 +606,24 @@ def test_the_reviews_forged_launch_written_straight_to_redis_creates_no_pod(laun
     assert dead[1][b"reason"] == b"signature: unsigned message"
     assert b"stolen" not in dead[1][b"m"] and b"<redacted>" in dead[1][b"m"]  # no token at rest
     assert launcher.metrics.snapshot()["refused_messages_total"] == 1 and pending(redis_client, keys) == 0
+
+
+def test_a_copy_of_the_schedulers_launch_without_its_signature_fails_nothing(launcher, pods, redis_client, settings,
+                                                                              keys) -> None:
+    """Whoever can read and write a launch stream can add the genuine message again without its signature:
+    its digest is the record's, but the record also keeps the id of the entry the scheduler wrote."""
+    stream = keys.launch("default")
+    raw = encode(LaunchTask(KEY, "default", OWNER, "{}", "d1"))
+    redis_client.xadd(stream, {FIELD: raw}, id="1-1")  # read first
+    pipe = redis_client.pipeline(transaction=True)
+    TaskStore(redis_client, keys, settings, signer_for(settings)).dispatch(
+        pipe, KEY, owner=OWNER, queue="default", namespace=NS, dispatch="d1", stream=stream, message=raw)
+    pipe.execute()
+    handle_all(launcher)
+    assert results(redis_client, keys) == [] and pods.names(NS) == {POD}  # the genuine entry launched it
+    (dead,) = redis_client.xrange(keys.dead)
+    assert dead[1][b"reason"] == b"signature: unsigned message" and dead[1][b"entry"] == b"1-1"
+    assert pending(redis_client, keys) == 0
 
 
 def test_a_message_signed_with_a_rotated_out_key_is_refused_and_either_current_key_accepted(

@@ -192,11 +192,12 @@ def test_dispatch_restarts_the_record_and_appends_the_signed_launch_in_one_call(
     store.dispatch(pipe, KEY, owner="s2", queue="default", namespace="ns2", dispatch="d1", stream=stream,
                    message=b"launch")
     assert len(pipe) == 1  # one command per task
-    pipe.execute()
+    [[entry_id]] = pipe.execute()
     record = store.record(POD)
     assert {k: v for k, v in record.items() if k != "updated"} == {
         "owner": "s2", "dag_id": "dag", "task_id": "task", "run_id": "run", "try_number": "1", "map_index": "-1",
-        "queue": "default", "namespace": "ns2", "dispatch": "d1", "digest": message_digest(b"launch")}
+        "queue": "default", "namespace": "ns2", "dispatch": "d1", "digest": message_digest(b"launch"),
+        "entry": entry_id.decode()}  # the launch entry's id: a copy of the message under another id fails nothing
     assert 0 < redis_client.ttl(keys.task(POD)) <= 600
     [(_, fields)] = redis_client.xrange(stream)
     assert signer.verify(stream, fields) == b"launch"
@@ -227,7 +228,7 @@ def test_dispatch_many_writes_each_launch_to_its_stream_in_one_call(redis_client
         assert {k: v for k, v in record.items() if k != "updated"} == {
             "owner": "s1", "dag_id": "dag", "task_id": f"t{i}", "run_id": "run", "try_number": "2",
             "map_index": str(i - 1), "queue": d.queue, "namespace": f"ns{i}", "dispatch": d.dispatch,
-            "digest": message_digest(d.message)}
+            "digest": message_digest(d.message), "entry": ids[i].decode()}
         assert 0 < redis_client.ttl(keys.task(d.key.pod_name())) <= 600
     for n, stream in enumerate(streams):
         got = redis_client.xrange(stream)
