@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from airflow._shared.observability.metrics import stats  # the Stats facade BaseExecutor reports through
 from airflow.executors.base_executor import PARALLELISM, BaseExecutor
+from airflow.executors.workloads import ExecuteCallback, ExecuteTask
 
 from kubestream import podlogs
 from kubestream.executor import relaunch, results
@@ -207,8 +208,6 @@ class KubeStreamExecutor(BaseExecutor):
         ``SyncCallback``), which the scheduler hands to the default executor whatever it supports, and on which
         BaseExecutor raises, stopping the scheduler at each start while the callback stays pending: it is
         reported failed, with the reason, and the scheduler goes on."""
-        from airflow.executors.workloads import ExecuteCallback
-
         if isinstance(workload, ExecuteCallback) and not self.supports_callbacks:
             reason = (f"{type(self).__name__} does not run executor callbacks (ExecuteCallback "
                       f"{workload.display_name}); run them with an executor that does")
@@ -218,8 +217,6 @@ class KubeStreamExecutor(BaseExecutor):
         super().queue_workload(workload, session)
 
     def _process_workloads(self, workloads: Sequence[Any]) -> None:  # Airflow passes its workload union
-        from airflow.executors.workloads import ExecuteTask
-
         for w in workloads:
             if not isinstance(w, ExecuteTask):
                 raise RuntimeError(f"{type(self).__name__} cannot handle workloads of type {type(w).__name__}")
